@@ -1,0 +1,22 @@
+"""Config of the scan-and-infer stage."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from tasks.base import StageConfig
+
+
+class InferConfig(StageConfig):
+    batch_size: int | None = Field(None, ge=1, description="None: taken from the hardware recommendation.")
+    shard_size: int = Field(2000, ge=100, le=100_000, description="Files per shard (one Prefect task each).")
+    prefetch_batches: int = Field(8, ge=1, description="Bounded prefetch queue depth (backpressure).")
+    full: bool = Field(False, description="Reprocess every file, ignoring earlier results.")
+    max_file_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Larger files become error rows.")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="Decompression-bomb guard.")
+    runner: Literal["local", "ray", "dask"] = "local"
+    runner_address: str | None = Field(None, description="Ray or Dask scheduler address; None starts a local one.")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on 127.0.0.1.")
+    pushgateway: str | None = Field(None, description="Push metrics to this Pushgateway URL at the end.")
+    pool: Literal["local", "gpu"] = Field("local", description="gpu: dispatch to the helios-infer-gpu deployment.")

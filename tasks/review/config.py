@@ -1,0 +1,29 @@
+"""Config of the LLM review stage."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tasks.base import StageConfig
+
+
+class ModelPrice(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+
+
+class ReviewConfig(StageConfig):
+    enabled: bool = True
+    model: str = "openrouter/anthropic/claude-3.5-sonnet"
+    api_base: str | None = None
+    api_key_env: str = "OPENROUTER_API_KEY"
+    api_key_secret_block: str | None = Field(None, description="Prefect Secret block name holding the key.")
+    fallbacks: tuple[str, ...] = ()
+    max_items: int = Field(20, ge=0)
+    budget_usd: float = Field(0.50, ge=0)
+    timeout_s: float = Field(30.0, gt=0)
+    max_concurrency: int = Field(4, ge=1)
+    retries: int = Field(3, ge=0)
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+    cache_dir: str | None = Field(None, description="Disk cache; None: <out>/../llm-cache.")
+    excerpt_chars: int = Field(2000, ge=100)
