@@ -1,0 +1,1 @@
+"""Built-in data: MNIST-C style corruptions and the demo corpora."""

@@ -1,0 +1,48 @@
+"""Model registry: built-in names, ONNX files, ``module:factory`` and Hugging Face directories."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from helios.errors import UsageError
+from helios.models.base import Decoded, InputError, ModelAdapter, Scored
+
+BUILT_IN = ("mnist-cnn", "minilm")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+__all__ = ["BUILT_IN", "Decoded", "InputError", "ModelAdapter", "Scored", "load_model"]
+
+
+def load_model(cfg, allow_pickle: bool = False, max_pixels: int = 50_000_000) -> ModelAdapter:
+    """Resolve ``cfg.name`` (a helios.config.ModelConfig) to an adapter, or raise a UsageError naming the forms."""
+    name = cfg.name
+    if name == "mnist-cnn":
+        from helios.models.mnist_cnn import load_mnist_cnn
+
+        return load_mnist_cnn(max_pixels)
+    if name == "minilm":
+        from helios.models.minilm import load_sentence_model
+
+        return load_sentence_model(None, cfg.label_descriptions)
+    path = Path(name)
+    if path.suffix == ".onnx":
+        if not path.is_file():
+            raise UsageError(f"model file {path} does not exist: pass an existing .onnx file")
+        from helios.models.user import load_onnx_classifier
+
+        return load_onnx_classifier(path, cfg.labels, cfg.image_size, cfg.channels, max_pixels)
+    if path.is_dir() and (path / "config.json").is_file():
+        from helios.models.minilm import load_sentence_model
+
+        try:
+            return load_sentence_model(path, cfg.label_descriptions)
+        except InputError as exc:
+            raise UsageError(str(exc)) from exc
+    if _FACTORY.match(name):
+        from helios.models.user import load_torch_classifier
+
+        return load_torch_classifier(name, cfg.checkpoint, cfg.labels, cfg.image_size, cfg.channels, allow_pickle, max_pixels)
+    raise UsageError(
+        f"unknown model {name!r}: use a built-in name ({', '.join(BUILT_IN)}), a .onnx file, "
+        "a Hugging Face model directory, or module:factory with model.checkpoint"
+    )

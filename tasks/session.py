@@ -1,0 +1,54 @@
+"""Creating ONNX Runtime sessions the same way in every stage, and catching a silent fallback to CPU."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class ProviderFallback(RuntimeError):
+    """The session did not get an execution provider it asked for (e.g. CUDA libraries missing)."""
+
+
+@dataclass(frozen=True)
+class Session:
+    session: object  # onnxruntime.InferenceSession
+    requested: tuple[str, ...]
+    actual: tuple[str, ...]
+
+    @property
+    def fell_back(self) -> bool:
+        return bool(set(self.requested) - set(self.actual))
+
+    def run(self, feeds: dict) -> list:
+        return self.session.run(None, feeds)
+
+
+def open_session(path: Path | str, providers: tuple[str, ...] = ("CPUExecutionProvider",), intra_op_threads: int = 0,
+                 inter_op_threads: int = 1, on_fallback: str = "warn", optimized: bool = False) -> Session:
+    """An InferenceSession on ``providers`` (in order); ``on_fallback='fail'`` raises ProviderFallback.
+
+    ``optimized=True`` means the file was already optimized offline: skip graph optimization at session start.
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = inter_op_threads
+    opts.log_severity_level = 3  # ORT's warnings about unused initializers are noise for users
+    opts.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_DISABLE_ALL if optimized else ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    )
+    available = set(ort.get_available_providers())
+    requested = tuple(p for p in providers if p in available) or ("CPUExecutionProvider",)
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=list(requested))
+    handle = Session(sess, tuple(providers), tuple(sess.get_providers()))
+    if handle.fell_back:
+        message = (f"ONNX Runtime gave {list(handle.actual)} for requested {list(providers)}: "
+                   "the missing providers fell back to CPU (check CUDA libraries, or request CPUExecutionProvider)")
+        if on_fallback == "fail":
+            raise ProviderFallback(message)
+        log.warning(message)
+    return handle
