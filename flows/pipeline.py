@@ -1,0 +1,163 @@
+"""The Helios pipeline: detect → prepare → optimize → scan+infer → refine → review → report, one call each."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+from prefect import flow, get_run_logger
+
+from flows.infer import infer_flow
+from flows.layout import RunLayout, accuracy, read_truth, resolve_input, write_frame, write_json
+from flows.tracking import Tracker, default_tracking_uri
+from helios.config import PipelineConfig
+from helios.models import load_model
+from tasks.detect.task import detect_stage
+from tasks.infer.model_ref import ModelRef, model_identity
+from tasks.infer.runners import make_task_runner
+from tasks.infer.task import scan_stage
+from tasks.optimize.task import optimize_stage
+from tasks.prepare.task import prepare_stage
+from tasks.refine.task import refine_stage
+from tasks.report.task import report_stage
+from tasks.review.task import review_stage
+
+
+class Stopwatch:
+    """Seconds per stage, in run order, for report.json and the MLflow metrics."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.stages[name] = round(now - self._t, 3)
+        self._t = now
+
+
+def sample_files(manifest_path: Path, input_root: str, n: int) -> list[Path]:
+    """Up to ``n`` files spread evenly over the manifest (folders are often one class each)."""
+    manifest = pd.read_parquet(manifest_path, columns=["path", "size_bytes"])
+    manifest = manifest[manifest["size_bytes"] > 0]
+    step = max(1, len(manifest) // max(n, 1))
+    return [Path(input_root) / p for p in manifest["path"].iloc[::step].head(n)]
+
+
+@flow(name="helios-pipeline", log_prints=True)
+def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
+    """Run the seven stages on ``config.input`` (or the built-in demo) and write the run directory."""
+    from prefect.runtime import flow_run
+
+    log = get_run_logger()
+    layout = RunLayout.of(config)
+    layout.run_dir.mkdir(parents=True, exist_ok=True)
+    input_root, labels_csv = resolve_input(config, layout)
+    truth, groups = read_truth(labels_csv)
+    write_json(config.model_dump(mode="json"), layout.run_dir / "config.json")
+    adapter = load_model(config.model, config.prepare.allow_pickle, config.infer.max_image_pixels)
+    tracker = start_tracking(config, layout, flow_run.id, flow_run.ui_url)
+    clock = Stopwatch()
+    try:
+        profile, rec = detect_stage(input_root)
+        clock.lap("detect")
+
+        scan = scan_stage(input_root, str(layout.run_dir))
+        sample = sample_files(scan.manifest_path, input_root, max(config.optimize.eval_samples, config.prepare.parity_samples))
+        prepared = prepare_stage(config.prepare, adapter, sample, layout.model_dir, rec.providers, rec.intra_op_threads)
+        clock.lap("prepare")
+
+        optimized = optimize_stage(config.optimize, adapter, prepared, sample, layout.model_dir, profile, rec, truth)
+        clock.lap("optimize")
+
+        model_ref = ModelRef(model=config.model, onnx_path=str(optimized.selected.path), variant=optimized.selected.name,
+                             providers=tuple(optimized.selected.providers), intra_op_threads=rec.intra_op_threads,
+                             max_pixels=config.infer.max_image_pixels,
+                             identity=model_identity(adapter.recipe, optimized.selected.path))
+        infer = infer_flow.with_options(task_runner=make_task_runner(config.infer))
+        inferred = infer(config.infer, model_ref, str(scan.manifest_path), str(layout.run_dir), profile.to_dict())
+        clock.lap("infer")
+
+        predictions = pd.read_parquet(inferred.predictions_path)
+        predictions, refine_summary = refine_stage(config.refine, predictions, Path(input_root), adapter,
+                                                   Path(optimized.selected.path), layout.model_dir / "refine",
+                                                   tuple(optimized.selected.providers), rec.intra_op_threads, truth)
+        write_frame(predictions, layout.predictions)
+        clock.lap("refine")
+
+        predictions, review_summary = review_stage(config.review, predictions, input_root, adapter.labels,
+                                                   adapter.modality, str(layout.work_dir / "llm-cache"))
+        write_frame(predictions, layout.predictions)
+        clock.lap("review")
+
+        summary = {
+            "hardware": profile.to_dict(), "recommendation": rec.to_dict(), "config": config.model_dump(mode="json"),
+            "input": input_root, "labels": labels_csv, "model": {"name": adapter.name, "variant": optimized.selected.name,
+                                                                  "parity": prepared.parity},
+            "counts": inferred.counts, "stages": clock.stages, "variants": [v.to_dict() for v in optimized.variants],
+            "throughput": inferred.throughput, "files_per_s": inferred.files_per_s,
+            "accuracy": stage_accuracy(predictions, truth), "per_group": group_accuracy(predictions, groups),
+            "refine": refine_summary, "review": review_summary,
+            "mlflow": {"tracking_uri": tracker.tracking_uri, "run_id": tracker.run_id},
+            "prefect": {"flow_run_id": str(flow_run.id), "flow_run_url": flow_run.ui_url},
+        }
+        report = report_stage(config.report, summary, str(layout.run_dir), adapter.labels)
+        clock.lap("report")
+        summary["stages"] = clock.stages
+        track_results(tracker, summary, optimized, layout, adapter.name, profile.hardware_class)
+        tracker.finish("FINISHED")
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    log.info("Helios run finished: %s files in %.1f s", inferred.counts.get("files"), sum(clock.stages.values()))
+    return {"run_dir": str(layout.run_dir), "report": report, "mlflow_run_id": tracker.run_id,
+            "tracking_uri": tracker.tracking_uri, "counts": inferred.counts, "accuracy": summary["accuracy"]}
+
+
+def stage_accuracy(predictions: pd.DataFrame, truth: dict[str, str] | None) -> dict[str, float]:
+    """Accuracy after each stage, from the label columns each stage leaves behind."""
+    columns = {"infer": "infer_label", "refine": "refined_label", "review": "label"}
+    values = {stage: accuracy(predictions, col, truth) for stage, col in columns.items()}
+    if "refined_label" in predictions:
+        # refined_label is only set where refinement ran; elsewhere the infer label stands
+        merged = predictions.assign(_r=predictions["refined_label"].fillna(predictions["infer_label"]))
+        values["refine"] = accuracy(merged, "_r", truth)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def group_accuracy(predictions: pd.DataFrame, groups: dict[str, str] | None) -> dict[str, int] | None:
+    """File counts per demo group (corruption); accuracy per group is derived by the report from predictions."""
+    if not groups:
+        return None
+    return predictions["path"].map(groups).value_counts().to_dict()
+
+
+def start_tracking(config: PipelineConfig, layout: RunLayout, flow_run_id, flow_run_url) -> Tracker:
+    if not config.tracking.enabled:
+        return Tracker.off()
+    uri = config.tracking.mlflow_uri or default_tracking_uri(layout.work_dir)
+    tags = {"helios.model": config.model.name, "prefect.flow_run_id": str(flow_run_id),
+            "prefect.flow_run_url": str(flow_run_url), "mlflow.runName": f"{config.model.name}-{Path(config.out).name}"}
+    tracker = Tracker.start(uri, config.tracking.experiment, layout.work_dir / "mlartifacts", tags)
+    tracker.params({"config": config.model_dump(mode="json")})
+    return tracker
+
+
+def track_results(tracker: Tracker, summary: dict, optimized, layout: RunLayout, model_name: str, hw_class: str) -> None:
+    """Params, metrics, tags and artifacts of the run; variants as nested runs; the champion in the registry."""
+    if not tracker.enabled:
+        return
+    from flows.tracking_models import log_variants, register_champion
+
+    review = summary.get("review") or {}
+    tracker.tags({"helios.variant": summary["model"]["variant"], "helios.hardware_class": hw_class})
+    tracker.params({"hardware": {"class": hw_class, "cpu": summary["hardware"].get("cpu", {}).get("model")}})
+    tracker.metrics({
+        "stage_seconds": summary["stages"], "files": summary["counts"], "throughput_files_per_s": summary["files_per_s"],
+        "accuracy": summary["accuracy"], "accuracy_final": summary["accuracy"].get("review"),
+        "llm_cost_usd": review.get("cost_usd", 0.0), "run_cost_usd": review.get("cost_usd", 0.0),
+    })
+    for name in ("predictions.parquet", "manifest.parquet", "report.json", "report.html", "variants.csv", "config.json"):
+        tracker.artifact(layout.run_dir / name)
+    log_variants(optimized, tracker.run_id, tracker.tracking_uri)
+    summary["champion"] = register_champion(optimized, model_name, hw_class, tracker.run_id, tracker.tracking_uri)

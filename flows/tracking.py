@@ -1,0 +1,93 @@
+"""MLflow tracking for a pipeline run, by explicit run id (tasks run in worker threads, so no implicit active run)."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PARAM_LIMIT = 6000  # MLflow's max param value length in recent versions
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b.c": value} for MLflow params."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def default_tracking_uri(work_dir: Path) -> str:
+    return f"sqlite:///{(work_dir / 'mlflow.db').resolve()}"
+
+
+@dataclass
+class Tracker:
+    """One MLflow run of the pipeline. ``Tracker.off()`` is a no-op tracker for tracking.enabled=false."""
+
+    tracking_uri: str | None
+    run_id: str | None
+    client: Any = None
+
+    @classmethod
+    def off(cls) -> "Tracker":
+        return cls(None, None)
+
+    @classmethod
+    def start(cls, tracking_uri: str, experiment: str, artifact_root: Path, tags: dict[str, str]) -> "Tracker":
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri)
+        exp = client.get_experiment_by_name(experiment)
+        exp_id = exp.experiment_id if exp else client.create_experiment(
+            experiment, artifact_location=artifact_root.resolve().as_uri() if tracking_uri.startswith("sqlite") else None)
+        run = client.create_run(exp_id, tags=tags, run_name=tags.get("mlflow.runName"))
+        mlflow.set_tracking_uri(tracking_uri)  # for helpers that use the fluent API (mlflow.onnx.log_model)
+        return cls(tracking_uri, run.info.run_id, client)
+
+    @property
+    def enabled(self) -> bool:
+        return self.client is not None
+
+    def params(self, params: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:PARAM_LIMIT]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def metrics(self, metrics: dict[str, float], step: int = 0) -> None:
+        if not self.enabled:
+            return
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in flatten(metrics).items() if isinstance(v, (int, float))]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def tags(self, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            if self.enabled and value is not None:
+                self.client.set_tag(self.run_id, key, str(value))
+
+    def artifact(self, path: Path, subdir: str | None = None) -> None:
+        if self.enabled and path.exists():
+            if path.is_dir():
+                self.client.log_artifacts(self.run_id, str(path), subdir)
+            else:
+                self.client.log_artifact(self.run_id, str(path), subdir)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.enabled:
+            self.client.set_terminated(self.run_id, status)

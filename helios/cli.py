@@ -1,0 +1,119 @@
+"""The ``helios`` command line. Heavy imports happen inside each command, after the input is validated."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from helios.errors import UsageError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Helios: a Prefect + ONNX Runtime + MLflow model pipeline.")
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML, TOML or JSON config file."),
+    set_: list[str] = typer.Option([], "--set", help="Override a setting: dotted.key=value (repeatable)."),
+    input: Optional[str] = typer.Option(None, "--input", help="Input directory (default: generated demo corpus)."),
+    model: Optional[str] = typer.Option(None, "--model", help="mnist-cnn, minilm, a .onnx file, a HF dir, module:factory."),
+    out_dir: Optional[str] = typer.Option(None, "--out", help="Run directory (rerun with the same one to resume)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="CSV with path,label to report accuracy per stage."),
+    full: bool = typer.Option(False, "--full", help="Reprocess every file instead of reusing earlier results."),
+    runner: Optional[str] = typer.Option(None, "--runner", help="local | ray | dask"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address"),
+    dask_address: Optional[str] = typer.Option(None, "--dask-address"),
+    metrics_port: Optional[int] = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on 127.0.0.1."),
+    pushgateway: Optional[str] = typer.Option(None, "--pushgateway", help="Push metrics here at the end."),
+) -> None:
+    """Run the whole pipeline (with no options: the built-in demo, embedded servers, under a minute)."""
+    from helios.config import load_config
+    from helios.runner import preflight, run_pipeline
+
+    flags = {"input": input, "model.name": model, "out": out_dir, "labels": labels, "infer.full": full or None,
+             "infer.runner": runner, "infer.runner_address": ray_address or dask_address,
+             "infer.metrics_port": metrics_port, "infer.pushgateway": pushgateway, "infer.progress": True}
+    try:
+        cfg = load_config(config, set_, flags)
+        preflight(cfg)
+    except UsageError as exc:
+        fail(str(exc))
+    run_pipeline(cfg, out, fail)
+
+
+@app.command()
+def hardware(as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+             input: Optional[str] = typer.Option(None, "--input", help="Measure read bandwidth of this filesystem.")) -> None:
+    """Show the detected hardware profile and the recommended settings."""
+    from hardware import detect, format_table, recommend
+
+    profile = detect(input)
+    rec = recommend(profile)
+    if as_json:
+        sys.stdout.write(json.dumps({"profile": profile.to_dict(), "recommendation": rec.to_dict()}, indent=2) + "\n")
+    else:
+        out.print(format_table(profile, rec))
+
+
+@app.command("demo-data")
+def demo_data(kind: str = typer.Option("mnist", "--kind", help="mnist | text"),
+              n: int = typer.Option(2000, "--n", help="Number of files."),
+              corrupt: str = typer.Option("", "--corrupt", help="Comma-separated corruption names (mnist)."),
+              out_dir: Path = typer.Option(..., "--out", help="Directory to write files/ and labels.csv into."),
+              seed: int = typer.Option(0, "--seed")) -> None:
+    """Write a demo corpus: OUT/files/... and OUT/labels.csv (path,label,corruption)."""
+    from helios.data.demo import write_demo
+
+    names = tuple(c.strip() for c in corrupt.split(",") if c.strip())
+    try:
+        labels = write_demo(kind, n, out_dir, names, seed)
+    except UsageError as exc:
+        fail(str(exc))
+    out.print(f"wrote {n} {kind} files to {out_dir / 'files'} and {labels}")
+    out.print(f"run: helios run --input {out_dir / 'files'} --labels {labels} --model {'minilm' if kind == 'text' else 'mnist-cnn'}")
+
+
+@app.command()
+def optimize(model: str = typer.Option("mnist-cnn", "--model"),
+             sample: Optional[Path] = typer.Option(None, "--sample", help="Directory of your own files to calibrate on."),
+             out_dir: Path = typer.Option(..., "--out")) -> None:
+    """Export, build the optimized variants, evaluate them and pick one; writes OUT/optimize.json."""
+    if sample is not None and not sample.is_dir():
+        fail(f"sample directory {sample} does not exist: pass a directory of input files to --sample")
+    from tasks.optimize.cli import run_optimize
+
+    try:
+        result = run_optimize(model, sample, out_dir)
+    except UsageError as exc:
+        fail(str(exc))
+    out.print(f"selected [bold]{result.selected.name}[/] ({result.selected.reason}); table in {result.table_path}")
+
+
+@app.command()
+def compare(experiment: str = typer.Option("helios", "--experiment"), last: int = typer.Option(10, "--last"),
+            tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri",
+                                                       help="Default: the embedded store of helios-work/.")) -> None:
+    """Compare recent runs from MLflow: model, variant, hardware class, throughput, accuracy, LLM cost."""
+    from flows.tracking import default_tracking_uri
+    from helios.compare import compare_runs, render_comparison
+
+    uri = tracking_uri or default_tracking_uri(Path("helios-work"))
+    try:
+        out.print(render_comparison(compare_runs(uri, experiment, last)))
+    except UsageError as exc:
+        fail(str(exc))
+
+
+if __name__ == "__main__":
+    app()

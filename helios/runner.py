@@ -1,0 +1,77 @@
+"""What ``helios run`` does around the flow: fail fast on bad input, run, and print where the results are."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+from rich.console import Console
+
+from helios.config import PipelineConfig
+from helios.errors import UsageError
+
+
+def preflight(cfg: PipelineConfig) -> None:
+    """Checks that take milliseconds and catch most mistakes before Prefect and the models start."""
+    if cfg.input is not None and "://" not in cfg.input and not Path(cfg.input).is_dir():
+        raise UsageError(f"input directory {cfg.input} does not exist: pass an existing directory to --input")
+    if cfg.labels is not None and not Path(cfg.labels).is_file():
+        raise UsageError(f"labels file {cfg.labels} does not exist: pass a CSV with columns path,label to --labels")
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: pass a directory for the run's results")
+    from helios.models import load_model
+
+    load_model(cfg.model, cfg.prepare.allow_pickle, cfg.infer.max_image_pixels)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Failures that are about the model or the data, not bugs: printed as one line, exit code 1."""
+    from tasks.prepare.parity import ParityError
+    from tasks.session import ProviderFallback
+
+    errors: list[type[BaseException]] = [ParityError, ProviderFallback]
+    try:
+        from tasks.report.validate import ValidationFailed
+
+        errors.append(ValidationFailed)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def quiet_shutdown_noise() -> None:
+    """The ephemeral Prefect server logs CancelledError tracebacks when it stops; they are not failures of the run."""
+    for name in ("uvicorn.error", "prefect.server", "prefect._internal.concurrency"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def run_pipeline(cfg: PipelineConfig, console: Console, fail: Callable[[str, int], None]) -> dict:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    quiet_shutdown_noise()
+    from flows.pipeline import helios_pipeline
+
+    try:
+        result = helios_pipeline(cfg)
+    except UsageError as exc:
+        fail(str(exc), 2)
+    except _user_errors() as exc:
+        fail(f"{type(exc).__name__}: {exc}", 1)
+    print_result(result, console)
+    return result
+
+
+def print_result(result: dict, console: Console) -> None:
+    run_dir = Path(result["run_dir"])
+    counts = result.get("counts", {})
+    console.print(f"\n[bold green]Helios run complete[/]: {counts.get('files', 0)} files "
+                  f"({counts.get('ok', 0)} ok, {counts.get('error', 0)} errors)")
+    for stage, value in (result.get("accuracy") or {}).items():
+        console.print(f"  accuracy after {stage}: {value:.2%}")
+    console.print(f"  results:     {run_dir}/predictions.parquet, {run_dir}/report.json")
+    if (run_dir / "report.html").exists():
+        console.print(f"  report:      {run_dir}/report.html")
+    if result.get("tracking_uri"):
+        console.print(f"  MLflow UI:   mlflow ui --backend-store-uri {result['tracking_uri']}  (then http://127.0.0.1:5000)")
+    console.print("  Prefect UI:  prefect server start  (then http://127.0.0.1:4200; this run is in the local Prefect database)")
