@@ -9,6 +9,8 @@ from tasks.base import StageConfig
 
 
 class InferConfig(StageConfig):
+    """What the scan-and-infer stage does; tasks/infer says how."""
+
     batch_size: int | None = Field(None, ge=1, description="None: taken from the hardware recommendation.")
     shard_size: int = Field(2000, ge=100, le=100_000, description="Files per shard (one Prefect task each).")
     prefetch_batches: int = Field(8, ge=1, description="Bounded prefetch queue depth (backpressure).")
@@ -19,4 +21,6 @@ class InferConfig(StageConfig):
     runner_address: str | None = Field(None, description="Ray or Dask scheduler address; None starts a local one.")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on 127.0.0.1.")
     pushgateway: str | None = Field(None, description="Push metrics to this Pushgateway URL at the end.")
+    workers: int | None = Field(None, ge=1, description="Shards in flight at once (local threads, Ray/Dask workers).")
+    progress: bool = Field(False, description="Show a rich progress bar (the CLI turns this on).")
     pool: Literal["local", "gpu"] = Field("local", description="gpu: dispatch to the helios-infer-gpu deployment.")

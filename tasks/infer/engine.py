@@ -1,0 +1,129 @@
+"""The per-process inference engine: one adapter and one ONNX Runtime session, reused by every shard.
+
+Batches that fail to allocate (CUDA OOM, MemoryError) are split in half and retried; the smaller size is remembered
+for the rest of the process, so no file is ever dropped for lack of memory.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from helios.models import Decoded, ModelAdapter, load_model
+from tasks.infer.model_ref import ModelRef
+from tasks.session import Session, open_session
+
+log = logging.getLogger(__name__)
+
+_ALLOCATION_MARKERS = ("out of memory", "failed to allocate", "bad_alloc", "cudaerrormemoryallocation",
+                       "available memory", "arena")
+_ENGINES: dict[tuple, "Engine"] = {}
+_LOCK = threading.Lock()
+LOADS = {"count": 0}  # engines built in this process: tests check "loaded once per worker"
+TEXT_BUCKET_BATCHES = 8  # texts are sorted by token length within a window of this many batches
+
+
+def is_allocation_failure(exc: BaseException) -> bool:
+    """MemoryError, or an ONNX Runtime error whose message says an allocation failed."""
+    if isinstance(exc, MemoryError):
+        return True
+    return any(marker in str(exc).lower() for marker in _ALLOCATION_MARKERS)
+
+
+def _slice(feeds: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
+    return {k: v[start:stop] for k, v in feeds.items()}
+
+
+@dataclass
+class Engine:
+    adapter: ModelAdapter
+    session: Session
+    logits_name: str = "logits"
+    max_batch: int | None = None  # set when a batch failed to allocate: the working size from then on
+    halvings: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.session.run([self.logits_name], feeds)[0]
+
+    def predict(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits for one batch; on an allocation failure, halve and retry both halves (recursively)."""
+        n = len(next(iter(feeds.values())))
+        try:
+            return self.run(feeds)
+        except Exception as exc:  # ORT raises its own non-RuntimeError classes; only allocation failures are retried
+            if n <= 1 or not is_allocation_failure(exc):
+                raise
+        half = n // 2
+        with self._lock:
+            if self.max_batch is None or half < self.max_batch:
+                self.max_batch = half
+                self.halvings += 1
+                log.warning("batch of %d failed to allocate; halving to %d and retrying", n, half)
+        return np.concatenate([self.predict(_slice(feeds, 0, half)), self.predict(_slice(feeds, half, n))])
+
+    def batch_size(self, requested: int) -> int:
+        """The requested size, or the remembered working size after an allocation failure."""
+        return min(requested, self.max_batch or requested)
+
+    def batches(self, idxs: list[int], items: list[Decoded], size: int) -> Iterator[tuple[list[int], dict]]:
+        """Collated batches of at most ``size``; texts bucketed by token length to cut padding."""
+        tokenizer = getattr(self.adapter, "tokenizer", None)
+        if self.adapter.modality != "text" or tokenizer is None:
+            for s in range(0, len(items), size):
+                yield idxs[s:s + size], self.adapter.collate(items[s:s + size])
+            return
+        for ids_, feeds in bucket_texts(unpadded_tokenizer(self.adapter), idxs, [d.value for d in items], size):
+            yield ids_, feeds
+
+
+_UNPADDED: dict[int, object] = {}
+
+
+def unpadded_tokenizer(adapter) -> object:
+    """A copy of the adapter's fast tokenizer (same truncation at the model's max length) without padding."""
+    key = id(adapter)
+    if key not in _UNPADDED:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(adapter.tokenizer().to_str())
+        tok.no_padding()
+        _UNPADDED[key] = tok
+    return _UNPADDED[key]
+
+
+def bucket_texts(tokenizer, idxs: list[int], texts: list[str], size: int):
+    """Tokenize once, sort by length, pad each batch only to its own longest sequence."""
+    encodings = tokenizer.encode_batch(texts)
+    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    order = np.argsort(lengths, kind="stable")
+    for s in range(0, len(order), size):
+        chosen = order[s:s + size]
+        width = int(lengths[chosen].max())
+        ids = np.zeros((len(chosen), width), dtype=np.int64)
+        mask = np.zeros((len(chosen), width), dtype=np.int64)
+        for row, j in enumerate(chosen):
+            e = encodings[j]
+            ids[row, :len(e.ids)] = e.ids
+            mask[row, :len(e.ids)] = e.attention_mask
+        yield [idxs[j] for j in chosen], {"input_ids": ids, "attention_mask": mask}
+
+
+def get_engine(ref: ModelRef) -> Engine:
+    """This process's engine for ``ref``, built on first use (one session per worker process)."""
+    key = (ref.identity, ref.onnx_path, ref.providers, ref.intra_op_threads)
+    with _LOCK:
+        engine = _ENGINES.get(key)
+        if engine is None:
+            adapter = load_model(ref.model, max_pixels=ref.max_pixels)
+            session = open_session(ref.onnx_path, ref.providers, ref.intra_op_threads, 1)
+            names = [o.name for o in session.session.get_outputs()]
+            engine = Engine(adapter, session, "logits" if "logits" in names else names[0])
+            _ENGINES[key] = engine
+            LOADS["count"] += 1
+            log.info("loaded %s (%s) in process %d", ref.model.name, ref.variant, os.getpid())
+        return engine

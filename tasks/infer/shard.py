@@ -1,0 +1,206 @@
+"""One shard: read, verify, decode and collate files on a prefetch thread while the engine runs batches.
+
+The bounded queue between the two is the backpressure: at most ``prefetch_batches`` collated batches wait in
+memory, however large the shard. Results are keyed by content hash and written atomically to a fixed-name file.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from helios.models import InputError
+from tasks.infer.engine import LOADS, TEXT_BUCKET_BATCHES, Engine, get_engine
+from tasks.infer.model_ref import ModelRef
+from tasks.infer.scan import write_parquet_atomic
+from tasks.infer.source import new_hasher, read_file
+
+RESULT_SCHEMA = pa.schema([
+    ("content_hash", pa.string()), ("status", pa.string()), ("error", pa.string()), ("flag", pa.string()),
+    ("label", pa.string()), ("confidence", pa.float32()), ("reusable", pa.bool_()),
+])
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Files of one shard (unique content hashes), where to read them and where the results go."""
+
+    shard_id: str
+    root: str
+    fs_paths: tuple[bytes, ...]
+    hashes: tuple[str, ...]
+    out_path: str
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    batch_size: int
+    prefetch_batches: int = 8
+    max_file_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ShardOutcome:
+    """What the flow needs after a shard: counts, timings for metrics, and which process ran it."""
+
+    shard_id: str
+    out_path: str
+    files: int
+    ok: int
+    error: int
+    flagged: int
+    seconds: float
+    batch_size: int
+    batch_sizes: tuple[int, ...] = ()
+    batch_seconds: tuple[float, ...] = ()
+    queue_depths: tuple[int, ...] = ()
+    pid: int = field(default_factory=os.getpid)
+    loaded_model: bool = False
+
+
+@dataclass
+class _Rows:
+    """Per-file results, filled by the prefetch thread (errors, flags) and the inference loop (labels)."""
+
+    n: int
+    error: list = field(init=False)
+    flag: list = field(init=False)
+    reusable: list = field(init=False)
+    label_idx: np.ndarray = field(init=False)
+    confidence: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        self.error, self.flag, self.reusable = [None] * self.n, [None] * self.n, [True] * self.n
+        self.label_idx = np.full(self.n, -1, dtype=np.int64)
+        self.confidence = np.full(self.n, np.nan, dtype=np.float32)
+
+    def fail(self, i: int, reason: str, reusable: bool) -> None:
+        self.error[i], self.reusable[i] = reason, reusable
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _load(spec: ShardSpec, i: int, engine: Engine, settings: ShardSettings, rows: _Rows):
+    """Read, verify and decode file ``i``; on failure record its error row and return None."""
+    try:
+        data = read_file(spec.root, spec.fs_paths[i], settings.max_file_bytes)
+    except OSError as exc:
+        return rows.fail(i, f"unreadable: {(exc.strerror or type(exc).__name__).lower()}", reusable=False)
+    except ValueError as exc:  # not a regular file any more, or over max_file_bytes
+        return rows.fail(i, str(exc), reusable=False)
+    if new_hasher_of(data) != spec.hashes[i]:
+        return rows.fail(i, "file changed after the scan: rerun to process its new content", reusable=False)
+    try:
+        decoded = engine.adapter.preprocess(data)
+    except InputError as exc:
+        return rows.fail(i, str(exc), reusable=True)
+    except Exception as exc:  # a decoder bug on one odd file must cost that file's row, not the shard
+        return rows.fail(i, f"could not decode: {type(exc).__name__}: {exc}", reusable=False)
+    rows.flag[i] = decoded.warning
+    return decoded
+
+
+def new_hasher_of(data: bytes) -> str:
+    h = new_hasher()
+    h.update(data)
+    return h.hexdigest()
+
+
+def _produce(spec, engine, settings, rows, q, stop) -> None:
+    """Prefetch thread: decode files and put collated batches on the bounded queue."""
+    try:
+        size = engine.batch_size(settings.batch_size)
+        window = size * (TEXT_BUCKET_BATCHES if engine.adapter.modality == "text" else 1)
+        idxs, items = [], []
+        for i in range(len(spec.hashes)):
+            if stop.is_set():
+                return
+            decoded = _load(spec, i, engine, settings, rows)
+            if decoded is not None:
+                idxs.append(i)
+                items.append(decoded)
+            if len(items) >= window or (i == len(spec.hashes) - 1 and items):
+                for batch in engine.batches(idxs, items, engine.batch_size(settings.batch_size)):
+                    if not _put(q, batch, stop):
+                        return
+                idxs, items = [], []
+        _put(q, _DONE, stop)
+    except BaseException as exc:  # handed to the inference loop, which re-raises it in the task
+        _put(q, exc, stop)
+
+
+def infer_shard(spec: ShardSpec, ref: ModelRef, settings: ShardSettings) -> ShardOutcome:
+    """Run one shard end to end and write its results durably to ``spec.out_path``."""
+    start = time.perf_counter()
+    loads = LOADS["count"]
+    engine = get_engine(ref)
+    loaded = LOADS["count"] > loads
+    rows = _Rows(len(spec.hashes))
+    q: queue.Queue = queue.Queue(maxsize=settings.prefetch_batches)
+    stop = threading.Event()
+    producer = threading.Thread(target=_produce, args=(spec, engine, settings, rows, q, stop), daemon=True,
+                                name=f"prefetch-{spec.shard_id}")
+    producer.start()
+    sizes, seconds, depths = [], [], []
+    try:
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            idxs, feeds = item
+            depths.append(q.qsize())
+            t = time.perf_counter()
+            scored = engine.adapter.postprocess(engine.predict(feeds))
+            seconds.append(time.perf_counter() - t)
+            sizes.append(len(idxs))
+            rows.label_idx[idxs] = scored.label_idx
+            rows.confidence[idxs] = scored.confidence
+    finally:
+        stop.set()
+        producer.join()
+    table = result_table(spec.hashes, rows, engine.adapter.labels)
+    write_parquet_atomic(table, Path(spec.out_path))
+    n_err = sum(e is not None for e in rows.error)
+    return ShardOutcome(
+        spec.shard_id, spec.out_path, len(spec.hashes), len(spec.hashes) - n_err, n_err,
+        sum(f is not None for f in rows.flag), time.perf_counter() - start, engine.batch_size(settings.batch_size),
+        tuple(sizes), tuple(seconds), tuple(depths), os.getpid(), loaded,
+    )
+
+
+def result_table(hashes, rows: _Rows, labels: tuple[str, ...]) -> pa.Table:
+    """Per-hash results as Arrow (no per-row pandas work)."""
+    ok = np.array([e is None for e in rows.error], dtype=bool)
+    label_names = np.asarray(labels, dtype=object)
+    label = np.where(ok & (rows.label_idx >= 0), label_names[np.clip(rows.label_idx, 0, len(labels) - 1)], None)
+    confidence = pa.array(rows.confidence, mask=~ok)
+    return pa.table({
+        "content_hash": pa.array(hashes, pa.string()),
+        "status": pa.array(np.where(ok, "ok", "error").tolist(), pa.string()),
+        "error": pa.array(rows.error, pa.string()), "flag": pa.array(rows.flag, pa.string()),
+        "label": pa.array(label.tolist(), pa.string()), "confidence": confidence,
+        "reusable": pa.array(rows.reusable, pa.bool_()),
+    }, schema=RESULT_SCHEMA)
+
+
+def failed_shard_table(spec: ShardSpec, reason: str) -> pa.Table:
+    """Error rows for every file of a shard that failed after its retries (retried on the next run)."""
+    n = len(spec.hashes)
+    return pa.table({
+        "content_hash": list(spec.hashes), "status": ["error"] * n, "error": [reason] * n, "flag": [None] * n,
+        "label": [None] * n, "confidence": pa.nulls(n, pa.float32()), "reusable": [False] * n,
+    }, schema=RESULT_SCHEMA)

@@ -1,0 +1,210 @@
+"""Where input files come from: a local directory (walked safely) or an fsspec URL.
+
+The walk never follows a symlink out of the root, never loops on symlink cycles and never opens FIFOs, sockets or
+devices: each of those becomes an ``Entry`` with an ``error`` instead of a hash. Reading and hashing happen in one
+pass over each file. Nothing here imports Prefect.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+CHUNK = 1 << 20
+_SPECIAL = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+            (stat.S_ISBLK, "block device"))
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One manifest row: ``fs_path`` is the raw relative name (bytes) used to open the file again."""
+
+    path: str
+    fs_path: bytes
+    size_bytes: int
+    mtime: float
+    content_hash: str | None
+    error: str | None = None
+
+
+def new_hasher():
+    """The content hash: BLAKE2b-128, fast in pure CPython and collision-safe for deduplication."""
+    return hashlib.blake2b(digest_size=16)
+
+
+def display_name(rel: str) -> str:
+    """A printable relative path: bytes that are not UTF-8 (surrogate escapes) are shown as ``\\xNN``."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def is_remote(root: str) -> bool:
+    return "://" in root and not root.startswith("file://")
+
+
+def _special_kind(mode: int) -> str | None:
+    return next((name for test, name in _SPECIAL if test(mode)), None)
+
+
+def _os_reason(exc: OSError) -> str:
+    return (exc.strerror or type(exc).__name__).lower()
+
+
+def read_local(full: str | bytes, max_bytes: int | None = None) -> bytes:
+    """Read a regular file without blocking on FIFOs (O_NONBLOCK + fstat), optionally refusing big files.
+
+    Raises OSError (unreadable), or ValueError with a readable reason (not a regular file, too large).
+    """
+    fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        kind = _special_kind(st.st_mode)
+        if kind or not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"not a regular file ({kind or 'unknown type'}): not opened")
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise ValueError(f"file too large: {st.st_size} bytes exceeds infer.max_file_bytes={max_bytes}")
+        chunks = []
+        while chunk := os.read(fd, max(st.st_size + 1, 4096) if not chunks else CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def hash_local(root: str, rel: str) -> Entry:
+    """Stat, read and hash one file in a single pass; failures become an error entry."""
+    full = os.path.join(root, rel)
+    name, raw = display_name(rel), os.fsencode(rel)
+    try:
+        fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        return Entry(name, raw, 0, 0.0, None, f"unreadable: {_os_reason(exc)}")
+    try:
+        st = os.fstat(fd)
+        kind = _special_kind(st.st_mode)
+        if kind or not stat.S_ISREG(st.st_mode):
+            return Entry(name, raw, 0, st.st_mtime, None, f"not a regular file ({kind or 'unknown type'}): not opened")
+        h = new_hasher()
+        while chunk := os.read(fd, CHUNK):
+            h.update(chunk)
+        return Entry(name, raw, st.st_size, st.st_mtime, h.hexdigest())
+    except OSError as exc:
+        return Entry(name, raw, 0, 0.0, None, f"unreadable: {_os_reason(exc)}")
+    finally:
+        os.close(fd)
+
+
+def walk_local(root: str) -> Iterator[tuple[str, str | None]]:
+    """Yield ``(relative path, error)`` for every file under ``root``; error is None for files to hash.
+
+    Symlinks are resolved and kept only if they stay inside the root; directories are visited once each (by device
+    and inode), which breaks symlink cycles.
+    """
+    real_root = os.path.realpath(root)
+    inside = real_root.rstrip(os.sep) + os.sep
+    top = os.stat(real_root)
+    seen = {(top.st_dev, top.st_ino)}
+    stack = [""]
+    while stack:
+        prefix = stack.pop()
+        try:
+            with os.scandir(os.path.join(root, prefix) if prefix else root) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            yield prefix.rstrip("/") or ".", f"unreadable directory: {_os_reason(exc)}"
+            continue
+        for entry in entries:
+            rel = prefix + entry.name
+            try:
+                if entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if target != real_root and not target.startswith(inside):
+                        yield rel, f"symlink leaves the input root (points to {display_name(target)}): not followed"
+                        continue
+                    try:
+                        st = os.stat(entry.path)
+                    except OSError:
+                        yield rel, f"broken symlink (points to {display_name(os.readlink(entry.path))})"
+                        continue
+                else:
+                    st = entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                yield rel, f"unreadable: {_os_reason(exc)}"
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) not in seen:  # a cycle or a second link to a visited directory
+                    seen.add((st.st_dev, st.st_ino))
+                    stack.append(rel + "/")
+            elif stat.S_ISREG(st.st_mode):
+                yield rel, None
+            else:
+                yield rel, f"not a regular file ({_special_kind(st.st_mode) or 'unknown type'}): not opened"
+
+
+def scan_local(root: str, threads: int = 4) -> list[Entry]:
+    """Walk and hash a local directory; hashing runs on a few threads (file reads release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    errors, todo = [], []
+    for rel, error in walk_local(root):
+        if error is None:
+            todo.append(rel)
+        else:
+            errors.append(Entry(display_name(rel), os.fsencode(rel), 0, 0.0, None, error))
+    with ThreadPoolExecutor(threads) as pool:
+        hashed = list(pool.map(hash_local, [root] * len(todo), todo, chunksize=512))
+    return hashed + errors
+
+
+def scan_remote(url: str) -> list[Entry]:
+    """List and hash files under an fsspec URL (``s3://...`` needs s3fs, and so on)."""
+    import fsspec
+
+    try:
+        fs, base = fsspec.core.url_to_fs(url)
+    except (ImportError, ValueError) as exc:
+        from helios.errors import UsageError
+
+        raise UsageError(f"cannot open input {url!r} ({exc}): install the fsspec backend for its scheme") from exc
+    base = base.rstrip("/")
+    out = []
+    for path, info in sorted(fs.find(base, withdirs=False, detail=True).items()):
+        rel = path[len(base):].lstrip("/")
+        mtime = info.get("mtime") or info.get("LastModified") or 0.0
+        mtime = mtime.timestamp() if hasattr(mtime, "timestamp") else float(mtime)
+        try:
+            h = new_hasher()
+            with fs.open(path, "rb") as fh:
+                while chunk := fh.read(CHUNK):
+                    h.update(chunk)
+            out.append(Entry(rel, rel.encode(), int(info.get("size") or 0), mtime, h.hexdigest()))
+        except OSError as exc:
+            out.append(Entry(rel, rel.encode(), 0, mtime, None, f"unreadable: {exc}"))
+    return out
+
+
+def read_file(root: str, fs_path: bytes, max_bytes: int) -> bytes:
+    """Read one manifest file again for inference (local or fsspec)."""
+    if not is_remote(root):
+        local_root = root[len("file://"):] if root.startswith("file://") else root
+        return read_local(os.path.join(os.fsencode(local_root), fs_path), max_bytes)
+    fs, base = _remote_fs(root)
+    path = base.rstrip("/") + "/" + fs_path.decode()
+    size = fs.size(path)
+    if size is not None and size > max_bytes:
+        raise ValueError(f"file too large: {size} bytes exceeds infer.max_file_bytes={max_bytes}")
+    return fs.cat_file(path)
+
+
+@functools.lru_cache(maxsize=8)
+def _remote_fs(root: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(root)
+
+
+def local_root(root: str) -> Path:
+    return Path(root[len("file://"):] if root.startswith("file://") else root)
