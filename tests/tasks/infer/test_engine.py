@@ -1,0 +1,79 @@
+"""The engine: one session per process, batch halving on allocation failure, text bucketing."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+from tasks.infer.engine import Engine, get_engine, is_allocation_failure
+from tasks.infer.shard import ShardSettings, infer_shard
+from tasks.infer.plan import plan_shards
+from tasks.infer.scan import read_manifest, scan_input
+
+
+class TightMemoryEngine(Engine):
+    """The real engine on a machine where batches above ``limit`` cannot be allocated."""
+
+    limit = 8
+
+    def run(self, feeds):
+        if len(next(iter(feeds.values()))) > self.limit:
+            raise MemoryError("simulated: not enough memory for this batch")
+        return super().run(feeds)
+
+
+def test_allocation_failures_halve_the_batch_and_keep_every_file(mnist_ref):
+    real = get_engine(mnist_ref)
+    engine = TightMemoryEngine(real.adapter, real.session)
+    feeds = {"image": np.random.default_rng(0).normal(size=(50, 1, 28, 28)).astype(np.float32)}
+    logits = engine.predict(feeds)
+    assert logits.shape == (50, 10)
+    np.testing.assert_allclose(logits, real.run(feeds), rtol=1e-4, atol=1e-4)
+    assert engine.max_batch == 6 and engine.batch_size(64) == 6  # remembered: 50 -> 25 -> 12 -> 6
+
+
+def test_other_errors_are_not_retried(mnist_ref):
+    engine = get_engine(mnist_ref)
+    try:
+        engine.predict({"image": np.zeros((4, 3, 28, 28), np.float32)})
+    except Exception as exc:  # ORT's own error class
+        assert not is_allocation_failure(exc)
+    else:
+        raise AssertionError("a wrong input shape must fail")
+
+
+def test_session_is_built_once_per_process(mnist_ref):
+    assert get_engine(mnist_ref) is get_engine(mnist_ref)
+
+
+def test_cuda_oom_message_counts_as_allocation_failure():
+    assert is_allocation_failure(RuntimeError("CUDA failure 2: out of memory ; GPU=0"))
+    assert is_allocation_failure(RuntimeError("Failed to allocate memory for requested buffer of size 123"))
+    assert not is_allocation_failure(RuntimeError("Invalid rank for input: image"))
+
+
+def test_text_batches_are_bucketed_by_length(tmp_path, minilm_ref):
+    root = tmp_path / "in"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    lengths = rng.choice(np.arange(3, 300), size=40, replace=False)  # distinct contents
+    for i, n in enumerate(lengths):
+        (root / f"{i:02d}.txt").write_text(" ".join(["market"] * int(n)))
+    scan = scan_input(str(root), tmp_path / "run")
+    manifest, src = read_manifest(scan.manifest_path)
+    [spec] = plan_shards(manifest, src, set(), minilm_ref.identity, 1000, tmp_path / "run")
+    engine = get_engine(minilm_ref)
+    items = [engine.adapter.preprocess((root / f"{i:02d}.txt").read_bytes()) for i in range(40)]
+    widths = [feeds["input_ids"].shape[1] for _, feeds in engine.batches(list(range(40)), items, 8)]
+    assert widths == sorted(widths) and widths[-1] == 256  # truncated at the model's max length
+    outcome = infer_shard(spec, minilm_ref, ShardSettings(batch_size=8))
+    assert outcome.ok == 40 and sum(outcome.batch_sizes) == 40
+
+
+def test_stage_cores_do_not_import_prefect():
+    modules = ["tasks.infer.source", "tasks.infer.scan", "tasks.infer.shard", "tasks.infer.engine",
+               "tasks.infer.plan", "tasks.infer.index", "tasks.infer.model_ref", "tasks.infer.result"]
+    code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('prefect' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
