@@ -27,3 +27,10 @@ class ReviewConfig(StageConfig):
     prices: dict[str, ModelPrice] = Field(default_factory=dict)
     cache_dir: str | None = Field(None, description="Disk cache; None: <out>/../llm-cache.")
     excerpt_chars: int = Field(2000, ge=100)
+    max_output_tokens: int = Field(
+        300, ge=32, description="Answer cap sent as max_tokens; also the output side of each request's cost estimate."
+    )
+    image_token_estimate: int = Field(
+        1600, ge=1, description="Input tokens one image is assumed to cost when checking the budget before a request."
+    )
+    backoff_s: float = Field(1.0, ge=0, description="First retry delay on 429/5xx/timeouts; doubles per retry.")

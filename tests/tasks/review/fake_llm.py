@@ -48,16 +48,11 @@ def chat_answer(verdict: str, label: str, rationale: str = "Looks like it.") -> 
 
 def default_answer(body: dict[str, Any]) -> str:
     """Answer from the request's content alone, so concurrent requests get deterministic answers."""
-    text = _text_of(body)
-    user_text = "\n".join(
-        m["content"] if isinstance(m.get("content"), str) else _text_of({"messages": [m]})
-        for m in body.get("messages", []) if m.get("role") == "user"
-    )
+    user_text = _text_of({"messages": [m for m in body.get("messages", []) if m.get("role") == "user"]})
     shown = _MODEL_LABEL.search(user_text)
     model_label = shown.group(1).strip() if shown else "?"
     said = _SAY.search(user_text)
     label = said.group(1) if said else model_label
-    del text
     return chat_answer("agree" if label == model_label else "disagree", label)
 
 
@@ -75,7 +70,7 @@ class FakeLLM:
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
 
     @property
     def url(self) -> str:
@@ -120,11 +115,14 @@ class FakeLLM:
                 pass
 
             def _send(self, status: int, payload: bytes, content_type: str = "application/json") -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", content_type)
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):  # the client timed out and hung up
+                    pass
 
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 if not self.path.endswith("/chat/completions"):

@@ -1,0 +1,54 @@
+"""A disk cache of validated LLM answers, so the same request is never billed twice, across runs and processes.
+
+DSPy's own response cache is left off: it is process-global (``dspy.configure_cache`` replaces it for every
+caller), lives in the home directory by default and stores pickles, which a file in a shared cache directory could
+turn into code execution. Here each answer is one small JSON file named by the SHA-256 of the request.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+# Bump when the prompt or the stored record changes, so stale answers are not reused.
+CACHE_VERSION = "review-v1"
+
+
+def request_key(model: str, fingerprint: dict[str, Any]) -> str:
+    """SHA-256 of what the provider would receive: model, prompt version and the item's inputs."""
+    payload = json.dumps({"v": CACHE_VERSION, "model": model, **fingerprint}, sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+class AnswerCache:
+    """``get``/``put`` JSON records by request key under ``root``; safe for concurrent writers."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def _file(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        """The stored record, or None when absent or unreadable (a damaged entry is a miss, never an error)."""
+        try:
+            record = json.loads(self._file(key).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return record if isinstance(record, dict) else None
+
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        """Write atomically: readers see the old entry or the new one, never half a file."""
+        target = self._file(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(record, handle, sort_keys=True)
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
