@@ -148,6 +148,7 @@ def track_results(tracker: Tracker, summary: dict, optimized, layout: RunLayout,
     if not tracker.enabled:
         return
     from flows.tracking_models import log_variants, register_champion
+    from tasks.review.core import review_metrics
 
     review = summary.get("review") or {}
     tracker.tags({"helios.variant": summary["model"]["variant"], "helios.hardware_class": hw_class})
@@ -157,6 +158,8 @@ def track_results(tracker: Tracker, summary: dict, optimized, layout: RunLayout,
         "accuracy": summary["accuracy"], "accuracy_final": summary["accuracy"].get("review"),
         "llm_cost_usd": review.get("cost_usd", 0.0), "run_cost_usd": review.get("cost_usd", 0.0),
     })
+    if review.get("status") == "done":
+        tracker.metrics(review_metrics(review))
     for name in ("predictions.parquet", "manifest.parquet", "report.json", "report.html", "variants.csv", "config.json"):
         tracker.artifact(layout.run_dir / name)
     log_variants(optimized, tracker.run_id, tracker.tracking_uri)

@@ -1,0 +1,69 @@
+"""A slice of the real pipeline under Prefect's test harness with MLflow on SQLite."""
+import json
+
+import pandas as pd
+import pytest
+
+from helios.config import load_config
+
+
+def run(tmp_path, *overrides):
+    from flows.pipeline import helios_pipeline
+
+    cfg = load_config(None, [f"out={tmp_path / 'run'}", *overrides])
+    return helios_pipeline(cfg), tmp_path / "run"
+
+
+def test_mnist_pipeline_writes_the_output_contract(prefect_harness, tmp_path):
+    result, run_dir = run(tmp_path, "demo.n=300", "optimize.variants=[fp32,int8-dynamic]", "optimize.eval_samples=64",
+                          "optimize.latency_runs=5")
+    predictions = pd.read_parquet(run_dir / "predictions.parquet")
+    manifest = pd.read_parquet(run_dir / "manifest.parquet")
+    report = json.loads((run_dir / "report.json").read_text())
+    assert len(predictions) == len(manifest) == 300 and predictions["path"].is_unique
+    assert predictions.loc[predictions["status"] == "ok", "label"].isin([str(d) for d in range(10)]).all()
+    assert report["counts"]["files"] == 300 and set(report["accuracy"]) >= {"infer", "refine", "review"}
+    assert report["review"]["status"].startswith("skipped")
+    assert (run_dir / "model" / "model.onnx").is_file() and (run_dir / "model" / "model.json").is_file()
+    assert json.loads((run_dir / "config.json").read_text())["demo"]["n"] == 300
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(result["tracking_uri"])
+    mlrun = client.get_run(result["mlflow_run_id"])
+    assert mlrun.info.status == "FINISHED"
+    assert mlrun.data.tags["helios.model"] == "mnist-cnn" and mlrun.data.tags["helios.hardware_class"]
+    assert mlrun.data.metrics["files.files"] == 300 and "throughput_files_per_s" in mlrun.data.metrics
+    assert mlrun.data.params["config.demo.n"] == "300"
+    artifacts = {a.path for a in client.list_artifacts(result["mlflow_run_id"])}
+    assert {"predictions.parquet", "report.json"} <= artifacts
+
+
+def test_text_pipeline_with_minilm(prefect_harness, tmp_path):
+    result, run_dir = run(tmp_path, "model.name=minilm", "demo.kind=text", "demo.n=120", "optimize.enabled=false",
+                          "tracking.enabled=false")
+    predictions = pd.read_parquet(run_dir / "predictions.parquet")
+    assert len(predictions) == 120 and (predictions["status"] == "ok").all()
+    assert result["accuracy"]["infer"] > 0.9  # the topic texts are easy for zero-shot MiniLM
+
+
+def test_bad_file_becomes_an_error_row_and_the_run_goes_on(prefect_harness, tmp_path):
+    from helios.data.demo import write_demo
+
+    write_demo("mnist", 120, tmp_path / "d")
+    (tmp_path / "d" / "files" / "clean" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    (tmp_path / "d" / "files" / "empty.png").write_bytes(b"")
+    result, run_dir = run(tmp_path, f"input={tmp_path / 'd' / 'files'}", "optimize.enabled=false", "tracking.enabled=false",
+                          "refine.enabled=false")
+    predictions = pd.read_parquet(run_dir / "predictions.parquet").set_index("path")
+    assert len(predictions) == 122
+    assert predictions.loc["clean/broken.png", "status"] == "error"
+    assert "empty" in predictions.loc["empty.png", "error"]
+    assert result["counts"]["error"] == 2
+
+
+def test_parity_gate_stops_the_run(prefect_harness, tmp_path):
+    from tasks.prepare.parity import ParityError
+
+    with pytest.raises(ParityError, match="max_abs_logit_diff"):
+        run(tmp_path, "demo.n=60", "prepare.max_abs_logit_diff=1e-12", "tracking.enabled=false")
