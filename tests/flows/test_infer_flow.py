@@ -128,3 +128,34 @@ def test_kill_9_then_rerun_loses_and_duplicates_nothing(prefect_harness, tmp_pat
     assert set(table["status"].to_pylist()) == {"ok"}
     result = __import__("json").loads(done.stdout.strip().splitlines()[-1])
     assert result["counts"]["reused"] >= killed_at * 100
+
+
+def test_metrics_are_scraped_during_the_run_and_progress_is_shown(prefect_harness, tmp_path, onnx_path, capsys):
+    import socket
+    import threading
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root, out = tmp_path / "in", tmp_path / "run"
+    write_pngs(root, 400)
+    scraped, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            try:
+                scraped.append(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read().decode())
+            except OSError:
+                pass
+            time.sleep(0.02)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    result = run(root, out, onnx_path, metrics_port=port, progress=True)
+    stop.set()
+    poller.join()
+    assert result.counts["ok"] == 400
+    assert scraped, "the metrics endpoint was never reachable during the run"
+    assert "helios_files_processed_total" in scraped[-1] and "helios_inference_batch_seconds_bucket" in scraped[-1]
+    assert "400/400" in capsys.readouterr().out
