@@ -6,6 +6,7 @@ flow is deployed as ``helios-infer-gpu``, so every parameter is JSON-serializabl
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,7 +24,7 @@ from tasks.infer.progress import ShardProgress
 from tasks.infer.result import InferResult, count_rows
 from tasks.infer.runners import make_task_runner
 from tasks.infer.scan import read_manifest
-from tasks.infer.shard import ShardSettings, ShardSpec, failed_shard_table
+from tasks.infer.shard import ShardOutcome, ShardSettings, ShardSpec, failed_shard_table
 from tasks.infer.task import infer_shard_task
 
 __all__ = ["InferResult", "infer_flow", "make_task_runner", "resolve_batch_size"]
@@ -46,11 +47,28 @@ def count_reused(manifest: pa.Table, done: set[str]) -> int:
     return pc.sum(pc.is_in(manifest["content_hash"], pa.array(list(done), pa.string()))).as_py() or 0
 
 
+@contextmanager
+def share_api_with_workers(runner: str):
+    """Ray/Dask worker processes report task states to the Prefect API. Under a temporary local server the URL
+    lives only in this process's client, and each worker would start a server of its own (seconds each): put the
+    URL into the settings that Prefect serializes into every submitted task."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if runner == "local" or PREFECT_API_URL.value():
+        yield
+        return
+    with get_client(sync_client=True) as client:
+        url = str(client.api_url).rstrip("/")
+    with temporary_settings({PREFECT_API_URL: url}):
+        yield
+
+
 def run_shards(specs: list[ShardSpec], model: ModelRef, settings: ShardSettings, index: RunIndex, metrics,
-               progress: ShardProgress) -> tuple[list[pa.Table], int]:
+               progress: ShardProgress) -> tuple[list[pa.Table], list[ShardOutcome]]:
     """Submit one task per shard; commit each durable shard file as its task returns (this process is the one
     index writer). A shard that exhausts its retries becomes error rows, and the run goes on."""
-    log, tables, batch_size = get_run_logger(), [], settings.batch_size
+    log, tables, outcomes = get_run_logger(), [], []
     futures = {infer_shard_task.submit(spec, model, settings): spec for spec in specs}
     for future in as_completed(list(futures)):
         spec = futures[future]
@@ -64,10 +82,10 @@ def run_shards(specs: list[ShardSpec], model: ModelRef, settings: ShardSettings,
             continue
         index.commit(spec.shard_id, model.identity, Path(outcome.out_path).name, outcome.files)
         tables.append(pq.read_table(outcome.out_path))
-        batch_size = min(batch_size, outcome.batch_size)
+        outcomes.append(outcome)
         metrics.record_shard(outcome)
         progress.advance(outcome.files)
-    return tables, batch_size
+    return tables, outcomes
 
 
 @flow(name="helios-infer", task_runner=make_task_runner(InferConfig()))
@@ -88,7 +106,8 @@ def infer_flow(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: s
                               manifest.num_rows, todo, len(specs), len(done))
         with serve_metrics(cfg.metrics_port, cfg.pushgateway, bool(profile.get("gpus")), {"run": run_path.name}) \
                 as metrics, ShardProgress(todo, cfg.progress) as progress:
-            tables, batch_size = run_shards(specs, model, settings, index, metrics, progress)
+            with share_api_with_workers(cfg.runner):
+                tables, outcomes = run_shards(specs, model, settings, index, metrics, progress)
             table = merge_predictions(manifest, pa.concat_tables([reusable, *tables]), run_path / PREDICTIONS)
             reused = count_reused(manifest, done)
             metrics.record_files("reused", reused)
@@ -99,4 +118,6 @@ def infer_flow(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: s
     seconds = time.perf_counter() - start
     return InferResult(predictions_path=str(run_path / PREDICTIONS), counts=counts, errors_by_reason=reasons,
                        seconds=seconds, files_per_s=todo / max(seconds, 1e-9), throughput=progress.points,
-                       batch_size=batch_size)
+                       batch_size=min([o.batch_size for o in outcomes], default=settings.batch_size),
+                       worker_processes=len({o.pid for o in outcomes}),
+                       model_loads=sum(o.loaded_model for o in outcomes))

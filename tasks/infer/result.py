@@ -16,6 +16,8 @@ class InferResult(BaseModel):
     files_per_s: float  # files the model processed this run (not reused) per second of the stage
     throughput: list[dict[str, float]] = []  # {"t": seconds since start, "files": cumulative}, one per shard
     batch_size: int
+    worker_processes: int = 0  # distinct processes that ran shards this run
+    model_loads: int = 0  # ONNX sessions built this run: one per worker process, not one per shard
 
 
 def reason_of(message: str) -> str:
