@@ -13,7 +13,7 @@ from flows.tracking import Tracker, default_tracking_uri
 from helios.config import PipelineConfig
 from helios.models import load_model
 from tasks.detect.task import detect_stage
-from tasks.infer.model_ref import ModelRef, model_identity
+from tasks.infer.model_ref import make_model_ref
 from tasks.infer.runners import make_task_runner
 from tasks.infer.task import scan_stage
 from tasks.optimize.task import optimize_stage
@@ -70,10 +70,8 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         optimized = optimize_stage(config.optimize, adapter, prepared, sample, layout.model_dir, profile, rec, truth)
         clock.lap("optimize")
 
-        model_ref = ModelRef(model=config.model, onnx_path=str(optimized.selected.path), variant=optimized.selected.name,
-                             providers=tuple(optimized.selected.providers), intra_op_threads=rec.intra_op_threads,
-                             max_pixels=config.infer.max_image_pixels,
-                             identity=model_identity(adapter.recipe, optimized.selected.path))
+        model_ref = make_model_ref(config.model, optimized.selected.path, optimized.selected.name,
+                                   tuple(optimized.selected.providers), rec.intra_op_threads, config.infer.max_image_pixels)
         infer = infer_flow.with_options(task_runner=make_task_runner(config.infer))
         inferred = infer(config.infer, model_ref, str(scan.manifest_path), str(layout.run_dir), profile.to_dict())
         clock.lap("infer")
