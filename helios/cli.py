@@ -115,5 +115,8 @@ def compare(experiment: str = typer.Option("helios", "--experiment"), last: int 
         fail(str(exc))
 
 
+from helios.ops import ops_app  # noqa: E402  (the ops sub-commands; light imports only)
+app.add_typer(ops_app, name="ops")
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,99 @@
+"""Where the scan-and-infer stage runs: here as a subflow, or on the GPU work pool as a run of its deployment.
+
+With ``infer.pool: gpu`` the pipeline takes a slot of the ``gpu`` global concurrency limit, starts the
+``helios-infer/helios-infer-gpu`` deployment with ``run_deployment`` and waits for it. The GPU worker writes
+``predictions.parquet`` into the run directory and persists the flow's return value to the ``helios-results``
+local-file-system block; both live on the volume every worker mounts at the same path, so this process reads the
+InferResult back from the finished flow run's state.
+"""
+from __future__ import annotations
+
+import logging
+
+from flows.infer import infer_flow
+from helios.errors import UsageError
+from helios.ops_prefect import GPU_DEPLOYMENT, GPU_LIMIT
+from tasks.infer.config import InferConfig
+from tasks.infer.model_ref import ModelRef
+from tasks.infer.result import InferResult
+from tasks.infer.runners import make_task_runner
+
+log = logging.getLogger(__name__)
+
+GPU_TIMEOUT_S = 6 * 3600.0  # waiting for a GPU slot, and then for the run, each at most this long
+POLL_S = 2.0  # how often run_deployment asks the server whether the GPU run has finished
+
+__all__ = ["GpuStageError", "gpu_parameters", "infer_result_of", "run_infer_stage"]
+
+
+class GpuStageError(RuntimeError):
+    """The GPU run of the infer stage did not complete, or left no result this process can read."""
+
+
+def run_infer_stage(cfg: InferConfig, model_ref: ModelRef, manifest_path: str, run_dir: str, profile: dict,
+                    timeout_s: float = GPU_TIMEOUT_S) -> InferResult:
+    """Infer the manifest: as a subflow on ``cfg.runner`` (pool ``local``) or on the GPU pool (pool ``gpu``)."""
+    if cfg.pool == "local":
+        infer = infer_flow.with_options(task_runner=make_task_runner(cfg))
+        return infer(cfg, model_ref, manifest_path, run_dir, profile)
+    return dispatch_to_gpu(gpu_parameters(cfg, model_ref, manifest_path, run_dir, profile), timeout_s)
+
+
+def gpu_parameters(cfg: InferConfig, model_ref: ModelRef, manifest_path: str, run_dir: str, profile: dict) -> dict:
+    """The deployment's JSON parameters: CUDA first (that is what the pool is for), no progress bar on a worker."""
+    providers = ("CUDAExecutionProvider", *(p for p in model_ref.providers if p != "CUDAExecutionProvider"))
+    return {
+        "cfg": cfg.model_copy(update={"pool": "local", "progress": False}).model_dump(mode="json"),
+        "model": model_ref.model_copy(update={"providers": providers}).model_dump(mode="json"),
+        "manifest_path": manifest_path, "run_dir": run_dir, "profile": profile,
+    }
+
+
+def dispatch_to_gpu(parameters: dict, timeout_s: float) -> InferResult:
+    """Hold a ``gpu`` slot while the deployment runs; return its InferResult."""
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError  # not re-exported by prefect.concurrency
+    from prefect.concurrency.sync import concurrency
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    # strict: a missing limit is a setup error, not "no limit"; a lease renewal hiccup must not kill a long GPU run
+    slot = concurrency(GPU_LIMIT, occupy=1, strict=True, timeout_seconds=timeout_s, raise_on_lease_renewal_failure=False)
+    try:
+        with slot:
+            log.info("GPU slot taken; starting %s", GPU_DEPLOYMENT)
+            flow_run = run_deployment(GPU_DEPLOYMENT, parameters=parameters, timeout=timeout_s, poll_interval=POLL_S)
+    except ObjectNotFound as exc:
+        raise UsageError(f"deployment {GPU_DEPLOYMENT} not found on the Prefect server: run `prefect deploy --all` "
+                         "from the Helios checkout, or set infer.pool=local") from exc
+    except TimeoutError as exc:  # only the slot wait raises it; run_deployment returns the unfinished run instead
+        raise GpuStageError(f"no slot of concurrency limit {GPU_LIMIT!r} freed up in {timeout_s:.0f} s: "
+                            "check the GPU workers (prefect work-pool inspect helios-gpu)") from exc
+    except ConcurrencySlotAcquisitionError as exc:
+        if "must be created" in str(exc):
+            raise UsageError(f"concurrency limit {GPU_LIMIT!r} is missing on the Prefect server: run "
+                             "`helios ops pools`, or set infer.pool=local") from exc
+        raise GpuStageError(f"could not take a slot of concurrency limit {GPU_LIMIT!r}: {exc}") from exc
+    return infer_result_of(flow_run, timeout_s)
+
+
+def infer_result_of(flow_run, timeout_s: float = GPU_TIMEOUT_S) -> InferResult:
+    """The InferResult of a finished GPU run, read from the result storage it was persisted to."""
+    from prefect.exceptions import MissingResult
+
+    state, name = flow_run.state, f"{flow_run.name} ({flow_run.id})"
+    if state is None or not state.is_final():
+        raise GpuStageError(f"GPU infer run {name} is still {state.name if state else 'unscheduled'} after "
+                            f"{timeout_s:.0f} s: is a worker polling pool helios-gpu? (prefect worker start --pool helios-gpu)")
+    if not state.is_completed():
+        raise GpuStageError(f"GPU infer run {name} ended {state.name}: {state.message or 'no message'}; "
+                            "its logs are in the Prefect UI")
+    try:
+        value = state.result(raise_on_failure=True)
+    except MissingResult as exc:
+        raise GpuStageError(f"GPU infer run {name} completed but left no readable result: run the helios-infer-gpu "
+                            "deployment with PREFECT_RESULTS_PERSIST_BY_DEFAULT=true and result storage every worker "
+                            "can read (prefect.yaml job_variables; `helios ops pools` makes the block)") from exc
+    except (OSError, ValueError) as exc:
+        raise GpuStageError(f"GPU infer run {name} persisted its result where this worker cannot read it ({exc}): "
+                            "mount the shared volume at the same path on CPU and GPU workers") from exc
+    return value if isinstance(value, InferResult) else InferResult.model_validate(value)

@@ -1,0 +1,106 @@
+"""Dispatching the infer stage: locally as a subflow, and the GPU path's parameters, setup errors and results.
+
+The GPU path against a real server, deployment and process worker is in tests/integration.
+"""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from uuid import uuid4
+
+import numpy as np
+import pytest
+from prefect.client.schemas.objects import FlowRun
+from prefect.states import Completed, Failed, Running
+
+from flows.dispatch import GpuStageError, gpu_parameters, infer_result_of, run_infer_stage
+from helios.config import ModelConfig
+from helios.errors import UsageError
+from helios.models import load_model
+from helios.ops_prefect import GPU_LIMIT
+from tasks.infer.config import InferConfig
+from tasks.infer.model_ref import ModelRef, make_model_ref
+from tasks.infer.result import InferResult
+from tasks.infer.scan import scan_input
+from tasks.prepare.export import export_onnx
+
+
+@pytest.fixture(scope="module")
+def mnist_ref(tmp_path_factory) -> ModelRef:
+    model = ModelConfig(name="mnist-cnn")
+    return make_model_ref(model, export_onnx(load_model(model), tmp_path_factory.mktemp("onnx"), 17), intra_op_threads=1)
+
+
+@pytest.fixture
+def manifest(tmp_path) -> str:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for i in range(20):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L").save(buf, format="PNG")
+        (tmp_path / "in" / f"{i:03d}.png").write_bytes(buf.getvalue())
+    return str(scan_input(str(tmp_path / "in"), tmp_path / "run").manifest_path)
+
+
+def flow_run(state) -> FlowRun:
+    return FlowRun(flow_id=uuid4(), name="brave-gpu", state=state)
+
+
+def test_local_pool_runs_the_infer_subflow_in_this_process(prefect_harness, tmp_path, mnist_ref, manifest):
+    result = run_infer_stage(InferConfig(batch_size=8), mnist_ref, manifest, str(tmp_path / "run"), {})
+    assert isinstance(result, InferResult) and result.counts["files"] == result.counts["ok"] == 20
+    assert Path(result.predictions_path) == tmp_path / "run" / "predictions.parquet"
+
+
+def test_gpu_parameters_are_json_and_put_cuda_first(mnist_ref):
+    cfg = InferConfig(pool="gpu", batch_size=64, progress=True)
+    params = json.loads(json.dumps(gpu_parameters(cfg, mnist_ref, "/shared/run/manifest.parquet", "/shared/run",
+                                                  {"cpu": {}})))
+    ref = ModelRef.model_validate(params["model"])
+    assert ref.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert ref.identity == mnist_ref.identity  # providers change speed, not results: reruns still reuse shards
+    sent = InferConfig.model_validate(params["cfg"])
+    assert (sent.pool, sent.progress, sent.batch_size) == ("local", False, 64)
+    assert (params["manifest_path"], params["run_dir"], params["profile"]) == ("/shared/run/manifest.parquet",
+                                                                               "/shared/run", {"cpu": {}})
+    assert cfg.pool == "gpu" and cfg.progress  # derived, not mutated
+
+
+def test_gpu_pool_without_the_concurrency_limit_names_the_fix(prefect_harness, mnist_ref, manifest, tmp_path):
+    with pytest.raises(UsageError, match="helios ops pools"):
+        run_infer_stage(InferConfig(pool="gpu"), mnist_ref, manifest, str(tmp_path / "run"), {}, timeout_s=10)
+
+
+def test_gpu_pool_without_the_deployment_names_the_fix(prefect_harness, mnist_ref, manifest, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=1))
+        try:
+            with pytest.raises(UsageError, match="prefect deploy --all"):
+                run_infer_stage(InferConfig(pool="gpu"), mnist_ref, manifest, str(tmp_path / "run"), {}, timeout_s=10)
+            assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0  # slot released
+        finally:
+            client.delete_global_concurrency_limit_by_name(GPU_LIMIT)
+
+
+def test_completed_gpu_run_gives_back_its_infer_result():
+    value = {"predictions_path": "/shared/run/predictions.parquet", "counts": {"files": 3, "ok": 3}, "seconds": 1.0,
+             "files_per_s": 3.0, "batch_size": 32}
+    assert infer_result_of(flow_run(Completed(data=value))) == InferResult.model_validate(value)
+    assert infer_result_of(flow_run(Completed(data=InferResult.model_validate(value)))).batch_size == 32
+
+
+@pytest.mark.parametrize(("state", "expected"), [
+    (Failed(message="CUDA out of memory"), "ended Failed: CUDA out of memory"),
+    (Running(), "still Running after 60 s: is a worker polling pool helios-gpu"),
+    (Completed(), "PREFECT_RESULTS_PERSIST_BY_DEFAULT=true"),
+])
+def test_unfinished_failed_or_resultless_gpu_run_is_an_error_naming_the_run(state, expected):
+    with pytest.raises(GpuStageError, match="brave-gpu") as info:
+        infer_result_of(flow_run(state), timeout_s=60)
+    assert expected in str(info.value)
