@@ -1,22 +1,43 @@
-"""Config of the optimize (variants, quantization, selection) stage."""
+"""Config of the optimize (variants, quantization, selection) stage: *what* to build and how to judge it."""
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tasks.base import StageConfig
 
 VariantName = Literal["fp32", "fp32-fused", "fp16", "int8-dynamic", "int8-static"]
+VARIANTS: tuple[str, ...] = ("fp32", "fp32-fused", "fp16", "int8-dynamic", "int8-static")
 
 
 class OptimizeConfig(StageConfig):
     enabled: bool = Field(True, description="False: run the exported fp32 model as is.")
-    variants: tuple[VariantName, ...] = ("fp32", "fp32-fused", "fp16", "int8-dynamic", "int8-static")
+    variants: tuple[VariantName, ...] = VARIANTS
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
-    calibration_samples: int = Field(128, ge=8)
+    calibration_samples: int = Field(128, ge=8, description="Files from the input used to calibrate int8-static.")
     eval_samples: int = Field(256, ge=8, description="Files from the input used to compare variants.")
     min_agreement: float = Field(0.995, ge=0, le=1, description="Classifier quality budget: top-1 agreement with fp32.")
     min_cosine: float = Field(0.99, ge=-1, le=1, description="Embedder quality budget: mean cosine to fp32.")
     on_provider_fallback: Literal["warn", "fail"] = "warn"
     latency_runs: int = Field(50, ge=5, description="Batch-1 runs per variant for p50/p95/p99.")
+    batch_sizes: tuple[int, ...] = Field((1, 8, 32), description="Batch sizes tried for throughput; the best is kept.")
+    throughput_items: int = Field(256, ge=8, description="Items run per batch size when measuring throughput.")
+    min_gain: float = Field(0.05, ge=0, description="A lossy variant (int8, fp16) must beat the best lossless one "
+                                                   "by this fraction of throughput, or the lossless one is kept.")
+    int8_retries: int = Field(2, ge=0, le=4, description="int8-dynamic: times to retry with the most sensitive "
+                                                         "MatMuls kept in fp32 when quality misses the budget.")
+    percentile: float = Field(99.999, gt=90, le=100, description="Percentile calibration: the kept percentile.")
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive_batches(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if not value or any(b < 1 for b in value):
+            raise ValueError(f"batch_sizes {value} must be a non-empty list of positive integers, e.g. [1, 8, 32]")
+        return tuple(sorted(set(value)))
+
+    @field_validator("variants")
+    @classmethod
+    def _fp32_first(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        # fp32 is the quality reference and the fallback choice; every run builds it.
+        return ("fp32", *(v for v in VARIANTS if v in value and v != "fp32"))

@@ -1,0 +1,151 @@
+"""MLflow for the optimize stage: one nested run per variant, and the champion in the model registry.
+
+Everything goes by explicit run id through ``MlflowClient`` (tasks run in worker threads, so there is no
+reliable active run). Champions are per hardware class, because a throughput measured on one machine says
+nothing about another: the version tags record the class and the figures, the alias ``champion-<class>``
+names the best version for that class, and ``champion`` follows the latest promotion.
+
+"Beats": the new selected variant is within the quality budget (it was selected) and its throughput is at
+least ``(1 + min_gain)`` times the current class champion's; at equal speed (within that margin) higher quality
+wins. A first version for a class always becomes its champion.
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+from tasks.optimize.result import OptimizeResult, VariantReport
+
+ALIAS = "champion"
+_NUMERIC = ("size_bytes", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_per_s", "best_batch",
+            "peak_mem_mb", "agreement", "cosine", "min_cosine", "label_agreement", "accuracy")
+
+
+def log_variants(result: OptimizeResult, parent_run_id: str, tracking_uri: str) -> None:
+    """One nested run per variant under ``parent_run_id`` with its figures, verdict and recipe."""
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    now = int(time.time() * 1000)
+    for variant in result.variants:
+        data = variant.to_dict()
+        run = client.create_run(experiment_id, run_name=f"variant-{variant.name}", tags={
+            "mlflow.parentRunId": parent_run_id, "helios.variant": variant.name,
+            "helios.selected": str(variant.selected).lower(), "helios.reason": variant.reason[:5000]})
+        metrics = [Metric(k, float(data[k]), now, 0) for k in _NUMERIC if isinstance(data.get(k), (int, float))]
+        metrics += [Metric(f"throughput_batch_{b}", float(tp), now, 0) for b, tp in variant.throughput_by_batch.items()]
+        metrics.append(Metric("selected", float(variant.selected), now, 0))
+        params = [Param("providers", ",".join(variant.providers) or "-"),
+                  Param("requested_providers", ",".join(variant.requested_providers) or "-"),
+                  Param("fell_back", str(variant.fell_back))]
+        client.log_batch(run.info.run_id, metrics=metrics, params=params)
+        recipe = variant.path.with_suffix(".json")
+        if recipe.is_file():
+            client.log_artifact(run.info.run_id, str(recipe))
+        client.set_terminated(run.info.run_id, "FAILED" if variant.error else "FINISHED")
+    if result.table_path.is_file():
+        client.log_artifact(parent_run_id, str(result.table_path))
+
+
+def register_champion(result: OptimizeResult, model_name: str, hardware_class: str, run_id: str,
+                      tracking_uri: str) -> dict[str, Any]:
+    """Log the selected variant with ``mlflow.onnx.log_model``, register it as a new version of ``model_name``,
+    and move the champion aliases when it beats the current champion of ``hardware_class``."""
+    import mlflow
+    import onnx
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(tracking_uri)  # Model.log resolves the store from the global URI
+    client = MlflowClient(tracking_uri)
+    selected = result.selected
+    registered = registry_name(model_name)
+    info = mlflow.onnx.log_model(
+        onnx.load(str(selected.path)), name="model", run_id=run_id, registered_model_name=registered,
+        onnx_execution_providers=list(selected.providers) or None, pip_requirements=runtime_requirements(),
+        metadata={"helios.variant": selected.name, "helios.hardware_class": hardware_class},
+    )
+    version = str(info.registered_model_version)
+    for key, value in version_tags(selected, hardware_class, run_id).items():
+        client.set_model_version_tag(registered, version, key, value)
+    class_alias = f"{ALIAS}-{slug(hardware_class)}"
+    current = _current(client, registered, class_alias)
+    margin = float(result.context.get("budget", {}).get("min_gain", 0.05))
+    comparison = compare(selected, current, margin)
+    if comparison["beats"]:
+        client.set_registered_model_alias(registered, class_alias, version)
+        client.set_registered_model_alias(registered, ALIAS, version)
+    client.set_model_version_tag(registered, version, "helios.champion_comparison", comparison["why"])
+    return {"registered_model": registered, "version": version, "model_uri": info.model_uri,
+            "hardware_class": hardware_class, "promoted": comparison["beats"],
+            "aliases": [ALIAS, class_alias] if comparison["beats"] else [], "comparison": comparison}
+
+
+def runtime_requirements() -> list[str]:
+    """Pinned onnx + the installed ONNX Runtime distribution (stated, so MLflow does not spawn a process to guess)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = [f"onnx=={version('onnx')}"]
+    for dist in ("onnxruntime-gpu", "onnxruntime"):
+        try:
+            return [*pins, f"{dist}=={version(dist)}"]
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def version_tags(v: VariantReport, hardware_class: str, run_id: str) -> dict[str, str]:
+    quality = v.agreement if v.task == "classifier" else v.cosine
+    return {"helios.hardware_class": hardware_class, "helios.variant": v.name, "helios.run_id": run_id,
+            "helios.throughput_per_s": str(v.throughput_per_s), "helios.quality": str(quality),
+            "helios.quality_metric": "agreement" if v.task == "classifier" else "cosine",
+            "helios.providers": ",".join(v.providers)}
+
+
+def compare(new: VariantReport, current: dict[str, str] | None, margin: float) -> dict[str, Any]:
+    """Does ``new`` beat the current class champion (its version tags)? Returns the figures and why."""
+    new_tp = new.throughput_per_s
+    new_q = new.agreement if new.task == "classifier" else new.cosine
+    if current is None:
+        return {"beats": True, "why": "first version for this hardware class", "new_throughput": new_tp}
+    old_tp, old_q = _float(current.get("helios.throughput_per_s")), _float(current.get("helios.quality"))
+    facts = {"new_throughput": new_tp, "champion_throughput": old_tp, "new_quality": new_q, "champion_quality": old_q,
+             "champion_version": current.get("version"), "margin": margin}
+    if new_tp is None:
+        return {**facts, "beats": False, "why": "optimize was disabled: nothing measured to compare"}
+    if old_tp is None or new_tp >= old_tp * (1 + margin):
+        return {**facts, "beats": True, "why": f"faster: {new_tp:.1f}/s vs {old_tp or 0:.1f}/s (needs +{margin:.0%})"}
+    if new_tp >= old_tp * (1 - margin) and new_q is not None and old_q is not None and new_q > old_q:
+        return {**facts, "beats": True, "why": f"as fast within {margin:.0%} and better quality ({new_q:.4f} > {old_q:.4f})"}
+    return {**facts, "beats": False,
+            "why": f"not better: {new_tp:.1f}/s vs champion {old_tp:.1f}/s, quality {new_q} vs {old_q}"}
+
+
+def _current(client, registered: str, alias: str) -> dict[str, str] | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mv = client.get_model_version_by_alias(registered, alias)
+    except MlflowException:
+        return None  # no champion for this hardware class yet
+    return {**mv.tags, "version": str(mv.version)}
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value not in (None, "None") else None
+    except ValueError:
+        return None
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "unknown"
+
+
+def registry_name(model_name: str) -> str:
+    """The model's name as a registry name: a file path becomes its stem (``/x/my.onnx`` -> ``my``)."""
+    name = re.split(r"[\\/]", model_name.rstrip("/\\"))[-1]
+    name = name[:-5] if name.endswith(".onnx") else name
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name) or "model"

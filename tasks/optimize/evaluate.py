@@ -1,0 +1,125 @@
+"""Measure a variant on the sample: latency at batch 1, throughput per batch size, peak memory, outputs.
+
+Peak memory is the growth of this process's resident set (RSS) over its level just before the session is
+created, sampled every 2 ms on a helper thread while the session is built and runs; freed heap is handed back
+to the OS first (glibc ``malloc_trim``) so one variant's leftovers do not hide the next one's growth. It covers
+weights, ORT's arena and activations on the host; on CUDA, device memory is not in it.
+"""
+from __future__ import annotations
+
+import ctypes
+import gc
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from helios.models.base import Decoded, ModelAdapter
+
+
+@dataclass(frozen=True)
+class Measured:
+    latency_ms: tuple[float, float, float]  # p50, p95, p99 at batch 1
+    throughput_by_batch: dict[int, float]
+    peak_mem_mb: float | None
+    outputs: list[np.ndarray] = field(default_factory=list)  # all outputs over the sample, in sample order
+
+    @property
+    def best_batch(self) -> int:
+        return max(self.throughput_by_batch, key=self.throughput_by_batch.__getitem__)
+
+
+class PeakRss:
+    """Context manager: ``.peak_mb`` is the largest RSS growth seen while inside (see module docstring)."""
+
+    def __init__(self, interval_s: float = 0.002):
+        self.interval_s, self.peak_mb = interval_s, None
+        self._stop = threading.Event()
+
+    def __enter__(self) -> PeakRss:
+        import psutil
+
+        gc.collect()
+        _trim_heap()
+        self._proc = psutil.Process()
+        self._base = self._max = self._proc.memory_info().rss
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._max = max(self._max, self._proc.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._max = max(self._max, self._proc.memory_info().rss)
+        self.peak_mb = round((self._max - self._base) / 2**20, 1)
+
+
+def _trim_heap() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): measure without trimming
+        pass
+
+
+def order_for_batching(adapter: ModelAdapter, items: list[Decoded]) -> list[int]:
+    """Text is batched by length (as the infer stage buckets it), so padding does not dominate; images keep order."""
+    if adapter.modality != "text":
+        return list(range(len(items)))
+    return sorted(range(len(items)), key=lambda i: len(str(items[i].value)))
+
+
+def measure(open_fn: Callable[[], object], adapter: ModelAdapter, items: list[Decoded], batch_sizes: tuple[int, ...],
+            latency_runs: int) -> tuple[object, Measured]:
+    """Open the variant with ``open_fn`` and measure it on ``items`` (already in batching order)."""
+    with PeakRss() as mem:
+        runner = open_fn()
+        # spread over the sample (text is sorted by length): not just the shortest items
+        singles = [adapter.collate([items[i * len(items) // latency_runs]]) for i in range(latency_runs)]
+        for feed in singles[:3]:
+            runner.run(feed)  # warm-up: first runs allocate and pick kernels
+        times = []
+        for feed in singles:
+            t = time.perf_counter()
+            runner.run(feed)
+            times.append(time.perf_counter() - t)
+        lat = np.array(times) * 1000
+        throughput = {1: round(len(times) / float(np.sum(times)), 2)}
+        outputs: list[np.ndarray] = []
+        for size in (b for b in batch_sizes if b > 1):
+            feeds = [adapter.collate(items[i:i + size]) for i in range(0, len(items), size)]
+            runner.run(feeds[0])
+            t = time.perf_counter()
+            results = [runner.run(f) for f in feeds]
+            throughput[size] = round(len(items) / (time.perf_counter() - t), 2)
+            outputs = [np.concatenate(parts) for parts in zip(*results)]
+        outputs = outputs or run_outputs(runner, adapter, items)
+    p50, p95, p99 = (round(float(np.percentile(lat, q)), 3) for q in (50, 95, 99))
+    return runner, Measured((p50, p95, p99), throughput, mem.peak_mb, outputs)
+
+
+def run_outputs(runner, adapter: ModelAdapter, items: list[Decoded], batch: int = 32) -> list[np.ndarray]:
+    """All outputs over ``items``, batched, in item order (for quality only; not timed)."""
+    results = [runner.run(adapter.collate(items[i:i + batch])) for i in range(0, len(items), batch)]
+    return [np.concatenate(parts) for parts in zip(*results)]
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+def quality(task: str, got: list[np.ndarray], ref: list[np.ndarray], truth_idx: np.ndarray | None) -> dict:
+    """Agreement of top-1 with the reference (and mean/min cosine of embeddings for embedders), accuracy if labelled."""
+    out = {"agreement": float((got[0].argmax(1) == ref[0].argmax(1)).mean())}
+    if task == "embedder":
+        cos = cosine(got[1].astype(np.float64), ref[1].astype(np.float64))
+        out.update(cosine=float(cos.mean()), min_cosine=float(cos.min()))
+    if truth_idx is not None and (truth_idx >= 0).any():
+        known = truth_idx >= 0
+        out["accuracy"] = float((got[0].argmax(1)[known] == truth_idx[known]).mean())
+    return out

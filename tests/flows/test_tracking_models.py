@@ -1,0 +1,95 @@
+"""Variants as nested MLflow runs and the champion alias per hardware class, on a real MLflow SQLite store."""
+from pathlib import Path
+
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from flows.tracking_models import log_variants, register_champion, registry_name
+from tasks.optimize.result import OptimizeResult, VariantReport
+
+
+def tiny_onnx(path: Path) -> Path:
+    import numpy as np
+
+    w = numpy_helper.from_array(np.eye(4, 3, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"])], "tiny",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], [w])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    path.with_suffix(".json").write_text('{"variant": "%s"}' % path.stem)
+    return path
+
+
+def result(tmp_path: Path, throughput: float, agreement: float = 1.0) -> OptimizeResult:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    rows = [VariantReport(name, tiny_onnx(tmp_path / f"{name}.onnx"), "classifier", 300, 1.0, 1.5, 2.0, tp, 8, 3.0,
+                          agreement=q, providers=("CPUExecutionProvider",), selected=name == "int8-static",
+                          reason="fastest" if name == "int8-static" else "slower", throughput_by_batch={1: 10.0, 8: tp})
+            for name, tp, q in (("fp32", throughput / 2, 1.0), ("int8-static", throughput, agreement))]
+    table = tmp_path / "optimize.json"
+    table.write_text("{}")
+    return OptimizeResult(rows[1], rows, table, context={"budget": {"min_gain": 0.05}})
+
+
+@pytest.fixture
+def store(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("helios", artifact_location=(tmp_path / "artifacts").as_uri())
+    return uri, client, exp
+
+
+def parent(client, exp) -> str:
+    return client.create_run(exp).info.run_id
+
+
+def test_each_variant_is_a_nested_run_with_its_metrics(store, tmp_path):
+    uri, client, exp = store
+    run_id = parent(client, exp)
+    log_variants(result(tmp_path / "r", 200.0), run_id, uri)
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{run_id}'")
+    by_name = {r.data.tags["helios.variant"]: r for r in children}
+    assert set(by_name) == {"fp32", "int8-static"}
+    chosen = by_name["int8-static"]
+    assert chosen.data.metrics["throughput_per_s"] == 200.0 and chosen.data.metrics["selected"] == 1.0
+    assert chosen.data.metrics["latency_p99_ms"] == 2.0 and chosen.data.metrics["throughput_batch_8"] == 200.0
+    assert chosen.data.tags["helios.selected"] == "true" and chosen.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(chosen.info.run_id)} == {"int8-static.json"}
+    assert "optimize.json" in {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_champion_moves_only_when_beaten_on_the_same_hardware_class(store, tmp_path):
+    uri, client, exp = store
+    first = register_champion(result(tmp_path / "a", 200.0), "mnist-cnn", "cpu-avx2-2c", parent(client, exp), uri)
+    assert first["promoted"] and first["comparison"]["why"] == "first version for this hardware class"
+    assert str(client.get_model_version_by_alias("mnist-cnn", "champion").version) == first["version"]
+
+    slower = register_champion(result(tmp_path / "b", 205.0), "mnist-cnn", "cpu-avx2-2c", parent(client, exp), uri)
+    assert not slower["promoted"] and "not better" in slower["comparison"]["why"]
+    assert str(client.get_model_version_by_alias("mnist-cnn", "champion-cpu-avx2-2c").version) == first["version"]
+    tags = client.get_model_version("mnist-cnn", slower["version"]).tags
+    assert tags["helios.hardware_class"] == "cpu-avx2-2c" and "not better" in tags["helios.champion_comparison"]
+
+    faster = register_champion(result(tmp_path / "c", 300.0), "mnist-cnn", "cpu-avx2-2c", parent(client, exp), uri)
+    assert faster["promoted"] and faster["comparison"]["champion_version"] == first["version"]
+    assert str(client.get_model_version_by_alias("mnist-cnn", "champion").version) == faster["version"]
+
+    other = register_champion(result(tmp_path / "d", 50.0), "mnist-cnn", "cpu-avx512-vnni-8c", parent(client, exp), uri)
+    assert other["promoted"]  # first on its own hardware class, though slower than the avx2 champion
+    assert str(client.get_model_version_by_alias("mnist-cnn", "champion-cpu-avx2-2c").version) == faster["version"]
+    assert str(client.get_model_version_by_alias("mnist-cnn", "champion-cpu-avx512-vnni-8c").version) == other["version"]
+
+
+def test_model_logged_with_the_onnx_flavor_loads_back(store, tmp_path):
+    import mlflow
+
+    uri, client, exp = store
+    info = register_champion(result(tmp_path / "a", 100.0), "/models/My Model.onnx", "cpu-avx2-2c",
+                             parent(client, exp), uri)
+    assert info["registered_model"] == registry_name("/models/My Model.onnx") == "My-Model"
+    mlflow.set_tracking_uri(uri)
+    loaded = mlflow.onnx.load_model(f"models:/{info['registered_model']}@champion")
+    assert [o.name for o in loaded.graph.output] == ["logits"]
