@@ -145,7 +145,8 @@ def test_pipeline_deployment_runs_on_the_cpu_worker_and_sends_infer_to_the_gpu_p
 
     mlflow = MlflowClient(mlflow_server.url)
     experiment = mlflow.get_experiment_by_name("helios-deployment-test")
-    [mlrun] = mlflow.search_runs([experiment.experiment_id])
+    runs = mlflow.search_runs([experiment.experiment_id], filter_string=f"tags.`prefect.flow_run_id` = '{run.id}'")
+    [mlrun] = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]  # variants are nested runs
     assert mlrun.info.status == "FINISHED" and mlrun.data.metrics["files.files"] == 200
     assert {"predictions.parquet", "report.json"} <= {a.path for a in mlflow.list_artifacts(mlrun.info.run_id)}
     assert mlflow.search_model_versions(), "the pipeline registered no champion model on the MLflow server"
