@@ -7,14 +7,13 @@ from pathlib import Path
 import pandas as pd
 from prefect import flow, get_run_logger
 
-from flows.infer import infer_flow
+from flows.dispatch import run_infer_stage
 from flows.layout import RunLayout, accuracy, read_truth, resolve_input, write_frame, write_json
 from flows.tracking import Tracker, default_tracking_uri
 from helios.config import PipelineConfig
 from helios.models import load_model
 from tasks.detect.task import detect_stage
 from tasks.infer.model_ref import make_model_ref
-from tasks.infer.runners import make_task_runner
 from tasks.infer.task import scan_stage
 from tasks.optimize.task import optimize_stage
 from tasks.prepare.task import prepare_stage
@@ -72,8 +71,7 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
 
         model_ref = make_model_ref(config.model, optimized.selected.path, optimized.selected.name,
                                    tuple(optimized.selected.providers), rec.intra_op_threads, config.infer.max_image_pixels)
-        infer = infer_flow.with_options(task_runner=make_task_runner(config.infer))
-        inferred = infer(config.infer, model_ref, str(scan.manifest_path), str(layout.run_dir), profile.to_dict())
+        inferred = run_infer_stage(config.infer, model_ref, str(scan.manifest_path), str(layout.run_dir), profile.to_dict())
         clock.lap("infer")
 
         predictions = pd.read_parquet(inferred.predictions_path)

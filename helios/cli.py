@@ -13,7 +13,7 @@ from helios.errors import UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Helios: a Prefect + ONNX Runtime + MLflow model pipeline.")
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 
