@@ -22,7 +22,7 @@ from tasks.infer.model_ref import ModelRef
 from tasks.infer.plan import PREDICTIONS, load_reusable, merge_predictions, plan_shards
 from tasks.infer.progress import ShardProgress
 from tasks.infer.result import InferResult, count_rows
-from tasks.infer.runners import make_task_runner
+from tasks.infer.runners import make_task_runner, split_threads
 from tasks.infer.scan import read_manifest
 from tasks.infer.shard import ShardOutcome, ShardSettings, ShardSpec, failed_shard_table
 from tasks.infer.task import infer_shard_task
@@ -107,7 +107,7 @@ def infer_flow(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: s
         with serve_metrics(cfg.metrics_port, cfg.pushgateway, bool(profile.get("gpus")), {"run": run_path.name}) \
                 as metrics, ShardProgress(todo, cfg.progress) as progress:
             with share_api_with_workers(cfg.runner):
-                tables, outcomes = run_shards(specs, model, settings, index, metrics, progress)
+                tables, outcomes = run_shards(specs, split_threads(cfg, model), settings, index, metrics, progress)
             table = merge_predictions(manifest, pa.concat_tables([reusable, *tables]), run_path / PREDICTIONS)
             reused = count_reused(manifest, done)
             metrics.record_files("reused", reused)

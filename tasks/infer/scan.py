@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from helios.errors import UsageError
@@ -16,7 +17,7 @@ MANIFEST = "manifest.parquet"
 ROOT_KEY = b"helios.root"
 MANIFEST_SCHEMA = pa.schema([
     ("path", pa.string()), ("fs_path", pa.binary()), ("size_bytes", pa.int64()), ("mtime", pa.float64()),
-    ("content_hash", pa.string()), ("scan_error", pa.string()),
+    ("content_hash", pa.string()), ("scan_error", pa.string()), ("stat_key", pa.string()),
 ])
 
 
@@ -57,6 +58,7 @@ def manifest_table(entries: list[Entry], root: str) -> pa.Table:
         "path": [e.path for e in entries], "fs_path": [e.fs_path for e in entries],
         "size_bytes": [e.size_bytes for e in entries], "mtime": [e.mtime for e in entries],
         "content_hash": [e.content_hash for e in entries], "scan_error": [e.error for e in entries],
+        "stat_key": [e.stat_key for e in entries],
     }
     return pa.table(columns, schema=MANIFEST_SCHEMA.with_metadata({ROOT_KEY: root.encode()}))
 
@@ -75,11 +77,26 @@ def scan_input(root: str, run_dir: Path) -> ScanResult:
         entries = scan_remote(root)
     else:
         root = str(local_root(root).resolve())
-        entries = scan_local(root)
+        entries = scan_local(root, known_entries(Path(run_dir) / MANIFEST, root))
     table = manifest_table(entries, root)
     path = write_parquet_atomic(table, Path(run_dir) / MANIFEST)
     total = sum(e.size_bytes for e in entries)
     return ScanResult(path, table.num_rows, total, time.perf_counter() - start)
+
+
+def known_entries(path: Path, root: str) -> dict[bytes, Entry]:
+    """Hashed entries of an earlier manifest of the same root, by raw path (the stat cache of a rerun)."""
+    if not path.is_file():
+        return {}
+    try:
+        table, old_root = read_manifest(path)
+    except (OSError, KeyError, pa.ArrowException):
+        return {}  # unreadable or foreign manifest: hash everything again
+    if old_root != root or "stat_key" not in table.column_names:
+        return {}
+    table = table.filter(pa.compute.is_valid(table["content_hash"]))
+    cols = [table[c].to_pylist() for c in ("path", "fs_path", "size_bytes", "mtime", "content_hash", "stat_key")]
+    return {raw: Entry(p, raw, size, mtime, h, None, key) for p, raw, size, mtime, h, key in zip(*cols)}
 
 
 def read_manifest(path: Path | str) -> tuple[pa.Table, str]:

@@ -124,3 +124,19 @@ def test_fsspec_url(tmp_path):
     local = rows(tmp_path / "run")
     scan_input(str(root), tmp_path / "run2")
     assert local["a.txt"]["content_hash"] == rows(tmp_path / "run2")["a.txt"]["content_hash"]
+
+
+def test_rescan_reuses_hashes_of_unchanged_files_and_sees_changed_ones(tmp_path):
+    root = tmp_path / "in"
+    root.mkdir()
+    (root / "same.txt").write_text("unchanged")
+    (root / "edit.txt").write_text("version 1")
+    scan_input(str(root), tmp_path / "run")
+    first = rows(tmp_path / "run")
+    (root / "edit.txt").write_text("version 2")  # same size: only the stat times and the content differ
+    (root / "new.txt").write_text("new")
+    scan_input(str(root), tmp_path / "run")
+    second = rows(tmp_path / "run")
+    assert second["same.txt"]["content_hash"] == first["same.txt"]["content_hash"]
+    assert second["edit.txt"]["content_hash"] != first["edit.txt"]["content_hash"]
+    assert second["new.txt"]["content_hash"] is not None and len(second) == 3
