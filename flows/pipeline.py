@@ -111,13 +111,11 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
 
 
 def stage_accuracy(predictions: pd.DataFrame, truth: dict[str, str] | None) -> dict[str, float]:
-    """Accuracy after each stage, from the label columns each stage leaves behind."""
-    columns = {"infer": "infer_label", "refine": "refined_label", "review": "label"}
-    values = {stage: accuracy(predictions, col, truth) for stage, col in columns.items()}
-    if "refined_label" in predictions:
-        # refined_label is only set where refinement ran; elsewhere the infer label stands
-        merged = predictions.assign(_r=predictions["refined_label"].fillna(predictions["infer_label"]))
-        values["refine"] = accuracy(merged, "_r", truth)
+    """Accuracy of the labels as each stage left them: infer_label, then refined_label where refinement set one, then label."""
+    refined = predictions.get("refined_label", pd.Series(None, index=predictions.index, dtype=object))
+    frame = predictions.assign(_after_refine=refined.fillna(predictions["infer_label"]))
+    values = {stage: accuracy(frame, col, truth) for stage, col in
+              (("infer", "infer_label"), ("refine", "_after_refine"), ("review", "label"))}
     return {k: v for k, v in values.items() if v is not None}
 
 
