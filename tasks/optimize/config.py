@@ -22,7 +22,6 @@ class OptimizeConfig(StageConfig):
     on_provider_fallback: Literal["warn", "fail"] = "warn"
     latency_runs: int = Field(50, ge=5, description="Batch-1 runs per variant for p50/p95/p99.")
     batch_sizes: tuple[int, ...] = Field((1, 8, 32), description="Batch sizes tried for throughput; the best is kept.")
-    throughput_items: int = Field(256, ge=8, description="Items run per batch size when measuring throughput.")
     min_gain: float = Field(0.05, ge=0, description="A lossy variant (int8, fp16) must beat the best lossless one "
                                                    "by this fraction of throughput, or the lossless one is kept.")
     int8_retries: int = Field(2, ge=0, le=4, description="int8-dynamic: times to retry with the most sensitive "

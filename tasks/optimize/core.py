@@ -15,11 +15,12 @@ import numpy as np
 from helios.models.base import Decoded, InputError, ModelAdapter
 from tasks.optimize.config import OptimizeConfig
 from tasks.optimize.evaluate import measure, order_for_batching, quality, run_outputs
-from tasks.optimize.quantize import rank_sensitive
+from tasks.optimize.quantize import rank_sensitive, weight_nodes
 from tasks.optimize.result import OptimizeResult, VariantReport
 from tasks.optimize.runtime import open_runner
 from tasks.optimize.select import quality_problem, select_variant
 from tasks.optimize.variants import Built, build_variant, plan_variants
+from tasks.prepare.export import write_recipe
 from tasks.session import ProviderFallback
 
 log = logging.getLogger(__name__)
@@ -128,16 +129,12 @@ def retry_sensitive(built: Built, cfg, adapter, source, fused, out_dir, rec, cal
         ranking = ranking[step:]
         built = build_variant(built.name, adapter, source, fused, out_dir, rec, calibration, cfg, exclude)
     built.recipe["quantization"]["attempts"] = attempts
-    from tasks.prepare.export import write_recipe
-
     write_recipe(built.path, built.recipe)
     return built
 
 
 def built_candidates(path: Path) -> list[str]:
     import onnx
-
-    from tasks.optimize.quantize import weight_nodes
 
     return [n.name for n in weight_nodes(onnx.load(str(path), load_external_data=False)) if n.op_type == "MatMul"]
 
