@@ -96,21 +96,31 @@ def unpadded_tokenizer(adapter) -> object:
     return _UNPADDED[key]
 
 
-def bucket_texts(tokenizer, idxs: list[int], texts: list[str], size: int):
-    """Tokenize once, sort by length, pad each batch only to its own longest sequence."""
+def bucket_texts(tokenizer, idxs: list[int], texts: list[str], size: int, tokens_per_row: int = 128):
+    """Tokenize once, sort by length, pad each batch only to its own longest sequence.
+
+    A batch holds at most ``size`` texts and ``size * tokens_per_row`` padded tokens, so batches of long texts
+    are smaller: attention memory grows with the square of the length, and ORT's arena keeps its peak.
+    """
     encodings = tokenizer.encode_batch(texts)
     lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
     order = np.argsort(lengths, kind="stable")
-    for s in range(0, len(order), size):
-        chosen = order[s:s + size]
-        width = int(lengths[chosen].max())
+    budget, s = size * tokens_per_row, 0
+    while s < len(order):
+        width = int(lengths[order[s]])
+        e = s
+        while e < len(order) and e - s < size and int(lengths[order[e]]) * (e - s + 1) <= max(budget, width):
+            e += 1
+        chosen = order[s:e]
+        width = int(lengths[chosen[-1]])
         ids = np.zeros((len(chosen), width), dtype=np.int64)
         mask = np.zeros((len(chosen), width), dtype=np.int64)
         for row, j in enumerate(chosen):
-            e = encodings[j]
-            ids[row, :len(e.ids)] = e.ids
-            mask[row, :len(e.ids)] = e.attention_mask
+            enc = encodings[j]
+            ids[row, :len(enc.ids)] = enc.ids
+            mask[row, :len(enc.ids)] = enc.attention_mask
         yield [idxs[j] for j in chosen], {"input_ids": ids, "attention_mask": mask}
+        s = e
 
 
 def get_engine(ref: ModelRef) -> Engine:
