@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-SKIP_PREFIXES = ("skipped", "not run", "disabled")
+SKIP_PREFIXES = ("skipped", "not run", "not built", "disabled", "off")
 
 
 def skip_reason(section: Any) -> str | None:
@@ -39,10 +39,19 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def measured(variants: list[dict]) -> list[dict]:
+    """The variants that were benchmarked (a variant that failed to build has no latency)."""
+    return [v for v in variants if _number(v.get("latency_p50_ms"))]
+
+
 def quality_metric(variants: list[dict]) -> str | None:
-    """The quality column every variant has: accuracy (labels given), agreement (classifiers) or cosine (embedders)."""
+    """The quality column every measured variant has: accuracy (labels given), agreement (classifiers), cosine (embedders)."""
     for key in ("accuracy", "agreement", "cosine"):
-        if variants and all(isinstance(v.get(key), (int, float)) for v in variants):
+        if variants and all(_number(v.get(key)) for v in variants):
             return key
     return None
 
@@ -85,8 +94,8 @@ def headline(summary: dict) -> dict:
     counts = summary.get("counts") or {}
     accuracy = summary.get("accuracy") or {}
     points = summary.get("throughput") or []
-    rate = None
-    if points and points[-1].get("t"):
+    rate = summary.get("files_per_s")
+    if rate is None and points and points[-1].get("t"):
         rate = points[-1]["files"] / points[-1]["t"]
     selected = [v["name"] for v in summary.get("variants") or [] if v.get("selected")]
     review = summary.get("review") or {}
@@ -104,8 +113,9 @@ def headline(summary: dict) -> dict:
 
 
 def variants_figure(variants: list[dict]) -> dict | None:
+    variants = measured(variants)
     metric = quality_metric(variants)
-    if metric is None or not all(isinstance(v.get("latency_p50_ms"), (int, float)) for v in variants):
+    if metric is None:
         return None
     front = pareto_front([(v["latency_p50_ms"], v[metric]) for v in variants])
     return {
@@ -174,6 +184,6 @@ def derive_figures(summary: dict, predictions: pd.DataFrame, bins: int) -> dict[
     if skip_reason(summary.get("refine")) is None:
         figures.update(refine_figures(summary["refine"]))
     review = summary.get("review")
-    if skip_reason(review) is None and review.get("verdicts"):
+    if skip_reason(review) is None and sum((review.get("verdicts") or {}).values()):
         figures["review_verdicts"] = {"verdicts": dict(review["verdicts"])}
     return {name: data for name, data in figures.items() if data}

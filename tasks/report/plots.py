@@ -77,21 +77,21 @@ def plot_throughput(data: dict) -> str:
     fig, (ax,) = _figure(8.0, 3.5)
     ax.plot([0.0, *data["t"]], [0, *data["files"]], marker="o", ms=3, color=BLUE)
     if data["t"] and data["t"][-1]:
-        ax.set_title(f"{data['files'][-1] / data['t'][-1]:.1f} files/s overall", fontsize=10)
+        ax.set_title(f"{data['files'][-1] / data['t'][-1]:.1f} files/s while inferring", fontsize=10)
     ax.set_xlabel("seconds since start")
     ax.set_ylabel("files done (cumulative)")
     return _png(fig)
 
 
 def plot_confidence(data: dict) -> str:
+    """Histogram of final confidences (outline) over the pre-refinement one (grey bars) when refinement ran."""
     fig, (ax,) = _figure(8.0, 3.5)
     edges = np.asarray(data["bin_edges"])
-    width = np.diff(edges)
     if data["before"] is not None:
-        ax.bar(edges[:-1], data["before"], width=width, align="edge", color=GREY, alpha=0.7,
+        ax.bar(edges[:-1], data["before"], width=np.diff(edges), align="edge", color=GREY, alpha=0.6,
                label="before refinement (infer)")
-    ax.bar(edges[:-1], data["after"], width=width, align="edge", color=BLUE, alpha=0.6,
-           label="after refinement (final)" if data["before"] is not None else "final")
+    ax.stairs(data["after"], edges, color=BLUE, lw=2,
+              label="after refinement (final)" if data["before"] is not None else "final")
     ax.set_xlabel("confidence")
     ax.set_ylabel("files")
     ax.legend(loc="upper left", fontsize=8)

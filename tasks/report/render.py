@@ -8,6 +8,7 @@ from typing import Any
 from tasks.report.derive import skip_reason
 
 SECTIONS = {
+    "run": "Run",
     "hardware": "Hardware",
     "variants": "Model variants",
     "stages": "Stage timings",
@@ -26,16 +27,29 @@ h1{font-size:22px;margin:8px 0}h2{font-size:17px;border-bottom:1px solid #d9dee3
 nav a{margin-right:12px;color:#3b6ea8;text-decoration:none}
 .cards{display:flex;flex-wrap:wrap;gap:10px;margin:12px 0}.card{background:#f3f5f7;border-radius:6px;padding:8px 14px}
 .card b{display:block;font-size:18px}.card span{color:#616e7c;font-size:12px}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #d9dee3;padding:3px 8px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border:1px solid #d9dee3;padding:3px 8px;text-align:left;vertical-align:top;white-space:pre-wrap}
 th{background:#f3f5f7}td.num{text-align:right;font-variant-numeric:tabular-nums}tr.selected td{background:#fff4e5;font-weight:600}
 code,pre{font-family:ui-monospace,Menlo,monospace;font-size:12px;white-space:pre-wrap;word-break:break-all}
 .muted{color:#616e7c;font-style:italic}.bad{color:#c0392b;font-weight:600}.good{color:#2e8b57;font-weight:600}
-img{max-width:100%;height:auto;display:block;margin:8px 0}
+.scroll{overflow-x:auto}img{max-width:100%;height:auto;display:block;margin:8px 0}
 """
 
 
+HEADERS = {"latency_p50_ms": "p50 ms", "latency_p95_ms": "p95 ms", "latency_p99_ms": "p99 ms",
+           "throughput_per_s": "items/s", "size_bytes": "bytes", "best_batch": "best batch", "peak_mem_mb": "peak MB"}
+
+
+class Html(str):
+    """Markup built here from escaped parts; table cells insert it as is."""
+
+
+def visible(text: str) -> str:
+    """Control characters in file names shown as escapes, so a newline in a name cannot pass for two names."""
+    return text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+
+
 def fmt(value: Any) -> str:
-    """A short human form of a number or value: 3 significant decimals, thousands separators, '–' for None."""
+    """A short human form of a number or value: 4 significant digits, thousands separators, '–' for None."""
     if value is None:
         return "–"
     if isinstance(value, bool):
@@ -45,13 +59,15 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, (list, tuple)):
-        return ", ".join(fmt(v) for v in value)
+        return ", ".join(fmt(v) for v in value) if value else "none"
     if isinstance(value, dict):
         return ", ".join(f"{k}={fmt(v)}" for k, v in value.items())
     return str(value)
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, Html):
+        return f"<td>{value}</td>"
     cls = ' class="num"' if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
     return f"<td{cls}>{escape(fmt(value))}</td>"
 
@@ -61,12 +77,12 @@ def table(rows: list[dict], columns: list[str] | None = None, highlight: str | N
     if not rows:
         return '<p class="muted">none</p>'
     columns = columns or list(dict.fromkeys(k for r in rows for k in r))
-    head = "".join(f"<th>{escape(c)}</th>" for c in columns)
+    head = "".join(f"<th>{escape(HEADERS.get(c, c.replace('_', ' ')))}</th>" for c in columns)
     body = "".join(
         f'<tr{" class=selected" if highlight and r.get(highlight) else ""}>' + "".join(_cell(r.get(c)) for c in columns) + "</tr>"
         for r in rows
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
 
 
 def flatten(data: dict, prefix: str = "") -> list[dict]:
@@ -94,6 +110,23 @@ def _skipped(reason: str) -> str:
     return f'<p class="muted">{escape(reason)}</p>'
 
 
+# Keys with a section of their own, or derived here; every other summary key is shown under "Run".
+OWN_KEYS = {"hardware", "recommendation", "config", "counts", "stages", "accuracy", "variants", "throughput", "refine",
+            "review", "validation", "run_dir", "generated_at", "headline", "errors", "final_stage_counts", "figures"}
+
+
+def scalars(section: dict) -> dict:
+    """The plain values of a section (numbers, strings, flags), for a one-row overview."""
+    return {k: v for k, v in section.items() if not isinstance(v, (dict, list))}
+
+
+def _run(report: dict, images: dict) -> str:
+    extra = {k: v for k, v in report.items() if k not in OWN_KEYS}
+    rows = flatten({"run_dir": report.get("run_dir"), "counts": report.get("counts") or {},
+                    "final_stage": report.get("final_stage_counts") or {}, **extra})
+    return table(rows, ["key", "value"])
+
+
 def _hardware(report: dict, images: dict) -> str:
     parts = [table(flatten(report.get("hardware") or {}), ["key", "value"])]
     if report.get("recommendation"):
@@ -106,7 +139,8 @@ def _variants(report: dict, images: dict) -> str:
     if not variants:
         return _skipped("not run")
     columns = ["name", "selected", "size_bytes", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
-               "throughput_per_s", "best_batch", "peak_mem_mb", "agreement", "cosine", "accuracy", "providers", "reason"]
+               "throughput_per_s", "best_batch", "peak_mem_mb", "agreement", "cosine", "min_cosine", "accuracy",
+               "providers", "reason", "error"]
     columns = [c for c in columns if any(v.get(c) is not None for v in variants)]
     return table(variants, columns, highlight="selected") + _img("variants", images)
 
@@ -129,8 +163,7 @@ def _refine(report: dict, images: dict) -> str:
     if reason := skip_reason(refine):
         return _skipped(reason)
     methods = [{"method": m, **stats} for m, stats in (refine.get("methods") or {}).items()]
-    parts = [f"<p>status: {escape(fmt(refine.get('status')))} · routed to refinement: {escape(fmt(refine.get('routed')))}</p>",
-             table(methods), _img("refine_gains", images)]
+    parts = [table([scalars(refine)]), "<h3>Per method</h3>", table(methods), _img("refine_gains", images)]
     if refine.get("per_corruption"):
         rows = [{"corruption": c, **rates} for c, rates in refine["per_corruption"].items()]
         parts += ["<h3>Error rate per corruption</h3>", table(rows), _img("refine_per_corruption", images)]
@@ -141,17 +174,20 @@ def _review(report: dict, images: dict) -> str:
     review = report.get("review")
     if reason := skip_reason(review):
         return _skipped(reason)
-    stats = {k: review.get(k) for k in ("status", "reviewed", "skipped", "unreviewed", "agreement_rate", "cost_usd")}
+    stats = scalars(review)
     per_model = [{"model": m, **v} for m, v in (review.get("per_model") or {}).items()]
-    return (table([stats]) + _img("review_verdicts", images) + "<h3>Cost per model</h3>" + table(per_model))
+    verdicts = table([review.get("verdicts") or {}])
+    return (table([stats]) + "<h3>Verdicts</h3>" + verdicts + _img("review_verdicts", images)
+            + "<h3>Cost per model</h3>" + table(per_model))
 
 
 def _errors(report: dict, images: dict) -> str:
     rows = [{"kind": e["kind"], "count": e["count"],
-             "examples": "\n".join(f"{x['path']}: {x['error']}" for x in e["examples"])} for e in report.get("errors") or []]
+             "examples": Html("<br>".join(f"<code>{escape(visible(x['path']))}</code>: {escape(x['error'])}" for x in e["examples"]))}
+            for e in report.get("errors") or []]
     if not rows:
         return '<p class="good">no errors</p>'
-    return table(rows).replace("<td>", "<td><code>", ) if False else table(rows)
+    return table(rows)
 
 
 def _validation(report: dict, images: dict) -> str:
@@ -174,7 +210,7 @@ def _config(report: dict, images: dict) -> str:
     return f"<details><summary>resolved config</summary><pre>{escape(text)}</pre></details>"
 
 
-RENDERERS = {"hardware": _hardware, "variants": _variants, "stages": _stages, "throughput": _throughput,
+RENDERERS = {"run": _run, "hardware": _hardware, "variants": _variants, "stages": _stages, "throughput": _throughput,
              "confidence": _confidence, "refine": _refine, "review": _review, "errors": _errors,
              "validation": _validation, "config": _config}
 

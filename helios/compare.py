@@ -1,0 +1,122 @@
+"""Compare Helios runs tracked in MLflow: the table users build in the MLflow UI, on the command line.
+
+The flow logs each run under the tag and metric names below; ``compare_runs`` reads them back.
+mlflow is imported inside ``compare_runs`` only (importing it costs over a second).
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from rich import box
+from rich.markup import escape
+from rich.table import Table
+
+from helios.errors import UsageError
+
+TAG_MODEL = "helios.model"
+TAG_VARIANT = "helios.variant"
+TAG_HARDWARE_CLASS = "helios.hardware_class"
+TAG_FLOW_RUN_ID = "prefect.flow_run_id"
+TAG_FLOW_RUN_URL = "prefect.flow_run_url"
+RUN_TAGS = (TAG_MODEL, TAG_VARIANT, TAG_HARDWARE_CLASS, TAG_FLOW_RUN_ID, TAG_FLOW_RUN_URL)
+
+METRIC_THROUGHPUT = "throughput_files_per_s"
+METRIC_ACCURACY = "accuracy_final"
+METRIC_LLM_COST = "llm_cost_usd"
+
+COLUMNS = ("run_id", "start", "model", "variant", "hardware_class", "throughput", "accuracy", "llm_cost_usd", "status")
+
+
+def make_run_tags(model: str, variant: str | None, hardware_class: str, flow_run_id: str | None = None,
+                  flow_run_url: str | None = None) -> dict[str, str]:
+    """The tags a Helios MLflow run carries (``mlflow.set_tags``); values left out when unknown."""
+    values = (model, variant, hardware_class, flow_run_id, flow_run_url)
+    return {tag: str(value) for tag, value in zip(RUN_TAGS, values) if value is not None}
+
+
+def _row(run) -> dict:
+    tags, metrics = run.data.tags, run.data.metrics
+    return {
+        "run_id": run.info.run_id,
+        "start": pd.Timestamp(datetime.fromtimestamp(run.info.start_time / 1000, tz=timezone.utc)),
+        "model": tags.get(TAG_MODEL),
+        "variant": tags.get(TAG_VARIANT),
+        "hardware_class": tags.get(TAG_HARDWARE_CLASS),
+        "throughput": metrics.get(METRIC_THROUGHPUT),
+        "accuracy": metrics.get(METRIC_ACCURACY),
+        "llm_cost_usd": metrics.get(METRIC_LLM_COST),
+        "status": run.info.status,
+    }
+
+
+def _top_level_runs(client, experiment_id: str, last: int) -> list:
+    """The newest ``last`` pipeline runs; the per-variant runs nested under each are left out."""
+    runs, token = [], None
+    while len(runs) < last:
+        page = client.search_runs([experiment_id], max_results=max(4 * last, 100),
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        runs += [r for r in page if "mlflow.parentRunId" not in r.data.tags]
+        token = page.token
+        if not token:
+            break
+    return runs[:last]
+
+
+def compare_runs(tracking_uri: str, experiment: str = "helios", last: int = 10) -> pd.DataFrame:
+    """The ``last`` runs of ``experiment``, newest first, one row each with the COLUMNS above."""
+    if last < 1:
+        raise UsageError(f"--last {last} must be at least 1")
+    if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
+        # MLflow would create an empty store there; say where we looked instead.
+        raise UsageError(f"no MLflow store at {tracking_uri}: run `helios run` first or pass --tracking-uri")
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            names = sorted(e.name for e in client.search_experiments())
+            known = ", ".join(names) if names else "none yet"
+            raise UsageError(f"no MLflow experiment {experiment!r} at {tracking_uri}: pass --experiment with one of: {known}")
+        runs = _top_level_runs(client, found.experiment_id, last)
+    except MlflowException as exc:
+        raise UsageError(f"cannot read MLflow runs at {tracking_uri}: {exc.message}") from exc
+    frame = pd.DataFrame([_row(r) for r in runs], columns=list(COLUMNS))
+    frame.attrs["experiment"] = experiment
+    return frame
+
+
+def _fmt(value, spec: str) -> str:
+    return "–" if value is None or pd.isna(value) else format(value, spec)
+
+
+def _text(value) -> str:
+    return "–" if value is None or (isinstance(value, float) and pd.isna(value)) else escape(str(value))
+
+
+STATUS_STYLES = {"FINISHED": "green", "FAILED": "red", "RUNNING": "yellow", "KILLED": "red"}
+
+
+def render_comparison(df: pd.DataFrame) -> Table:
+    """A rich table of ``compare_runs``'s frame (print it with ``rich.console.Console().print``)."""
+    title = f"Helios runs — experiment {df.attrs['experiment']}" if "experiment" in df.attrs else "Helios runs"
+    table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
+    # Ids, times, numbers and status never wrap; names fold onto more lines when the terminal is narrow.
+    for name, width in (("run", 8), ("start UTC", 11), ("model", 0), ("variant", 0), ("hardware", 0),
+                        ("files/s", 7), ("acc", 5), ("LLM $", 6), ("status", 8)):
+        table.add_column(name, justify="right" if name in ("files/s", "acc", "LLM $") else "left",
+                         no_wrap=bool(width), min_width=width or None, overflow="ellipsis" if width else "fold")
+    for row in df.itertuples(index=False):
+        style = STATUS_STYLES.get(str(row.status), "")
+        table.add_row(
+            str(row.run_id)[:8], row.start.strftime("%m-%d %H:%M") if pd.notna(row.start) else "–",
+            _text(row.model), _text(row.variant), _text(row.hardware_class),
+            _fmt(row.throughput, ",.1f"), _fmt(row.accuracy, ".3f"), _fmt(row.llm_cost_usd, ".4f"),
+            f"[{style}]{row.status}[/]" if style else str(row.status),
+        )
+    if not len(df):
+        table.caption = "no runs yet"
+    return table
