@@ -55,7 +55,8 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     truth, groups = read_truth(labels_csv)
     write_json(config.model_dump(mode="json"), layout.run_dir / "config.json")
     adapter = load_model(config.model, config.prepare.allow_pickle, config.infer.max_image_pixels)
-    tracker = start_tracking(config, layout, flow_run.id, flow_run.ui_url)
+    ui_url = flow_run.ui_url if flow_run.ui_url and not flow_run.ui_url.startswith("None") else None  # None: no UI
+    tracker = start_tracking(config, layout, flow_run.id, ui_url)
     clock = Stopwatch()
     try:
         profile, rec = detect_stage(input_root)
@@ -92,10 +93,10 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
                                                                   "parity": prepared.parity},
             "counts": inferred.counts, "stages": clock.stages, "variants": [v.to_dict() for v in optimized.variants],
             "throughput": inferred.throughput, "files_per_s": inferred.files_per_s,
-            "accuracy": stage_accuracy(predictions, truth), "per_group": group_accuracy(predictions, groups),
+            "accuracy": stage_accuracy(predictions, truth), "per_group": group_accuracy(predictions, truth, groups),
             "refine": refine_summary, "review": review_summary,
             "mlflow": {"tracking_uri": tracker.tracking_uri, "run_id": tracker.run_id},
-            "prefect": {"flow_run_id": str(flow_run.id), "flow_run_url": flow_run.ui_url},
+            "prefect": {"flow_run_id": str(flow_run.id), "flow_run_url": ui_url},
         }
         report = report_stage(config.report, summary, str(layout.run_dir), adapter.labels)
         clock.lap("report")
@@ -119,11 +120,13 @@ def stage_accuracy(predictions: pd.DataFrame, truth: dict[str, str] | None) -> d
     return {k: v for k, v in values.items() if v is not None}
 
 
-def group_accuracy(predictions: pd.DataFrame, groups: dict[str, str] | None) -> dict[str, int] | None:
-    """File counts per demo group (corruption); accuracy per group is derived by the report from predictions."""
-    if not groups:
+def group_accuracy(predictions: pd.DataFrame, truth: dict[str, str] | None,
+                   groups: dict[str, str] | None) -> dict[str, dict[str, float]] | None:
+    """Accuracy after each stage per demo group (clean or the corruption's name), when labels carry groups."""
+    if not groups or truth is None:
         return None
-    return predictions["path"].map(groups).value_counts().to_dict()
+    group_of = predictions["path"].map(groups)
+    return {name: stage_accuracy(predictions[group_of == name], truth) for name in sorted(group_of.dropna().unique())}
 
 
 def start_tracking(config: PipelineConfig, layout: RunLayout, flow_run_id, flow_run_url) -> Tracker:
@@ -131,7 +134,9 @@ def start_tracking(config: PipelineConfig, layout: RunLayout, flow_run_id, flow_
         return Tracker.off()
     uri = config.tracking.mlflow_uri or default_tracking_uri(layout.work_dir)
     tags = {"helios.model": config.model.name, "prefect.flow_run_id": str(flow_run_id),
-            "prefect.flow_run_url": str(flow_run_url), "mlflow.runName": f"{config.model.name}-{Path(config.out).name}"}
+            "mlflow.runName": f"{config.model.name}-{Path(config.out).name}"}
+    if flow_run_url:
+        tags["prefect.flow_run_url"] = str(flow_run_url)
     tracker = Tracker.start(uri, config.tracking.experiment, layout.work_dir / "mlartifacts", tags)
     tracker.params({"config": config.model_dump(mode="json")})
     return tracker
