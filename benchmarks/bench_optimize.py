@@ -174,7 +174,7 @@ def main() -> None:
             quality = f"{(got[0].argmax(1) == ref[0].argmax(1)).mean():.2%}"
         variant = name.rsplit(" ", 1)[0]
         size = f"{sizes[variant] / 2**20:8.1f}" if variant in sizes else f"{'':8s}"
-        mark = "  <- selected" if name.startswith(result.selected.name + " ") else ""
+        mark = "  <- selected" if name == f"{result.selected.name} b{result.selected.best_batch}" else ""
         print(f"{row}  {quality:>20s} {size}{mark}")
     print("items/s: best wall-clock round; /cpu-s: items per second of process CPU time (less sensitive to "
           "other processes; spinning thread pools count)")

@@ -21,6 +21,7 @@ class OptimizeConfig(StageConfig):
     min_cosine: float = Field(0.99, ge=-1, le=1, description="Embedder quality budget: mean cosine to fp32.")
     on_provider_fallback: Literal["warn", "fail"] = "warn"
     latency_runs: int = Field(50, ge=5, description="Batch-1 runs per variant for p50/p95/p99.")
+    rounds: int = Field(3, ge=1, le=10, description="Timed passes per variant, interleaved over variants; best kept.")
     batch_sizes: tuple[int, ...] = Field((1, 8, 32), description="Batch sizes tried for throughput; the best is kept.")
     min_gain: float = Field(0.05, ge=0, description="A lossy variant (int8, fp16) must beat the best lossless one "
                                                    "by this fraction of throughput, or the lossless one is kept.")

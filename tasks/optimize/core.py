@@ -8,16 +8,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from helios.models.base import Decoded, InputError, ModelAdapter
 from tasks.optimize.config import OptimizeConfig
-from tasks.optimize.evaluate import measure, order_for_batching, quality, run_outputs
+from tasks.optimize.evaluate import measure, order_for_batching, quality, retime, run_outputs, workload
 from tasks.optimize.quantize import rank_sensitive, weight_nodes
 from tasks.optimize.result import OptimizeResult, VariantReport
-from tasks.optimize.runtime import open_runner
+from tasks.optimize.runtime import open_runner, ort_errors
 from tasks.optimize.select import quality_problem, select_variant
 from tasks.optimize.variants import Built, build_variant, plan_variants
 from tasks.prepare.export import write_recipe
@@ -26,7 +27,8 @@ from tasks.session import ProviderFallback
 log = logging.getLogger(__name__)
 METHODS = {
     "latency": "batch 1, one item at a time spread over the sample, after 3 warm-up runs; p50/p95/p99 of wall time",
-    "throughput": "items/s over the whole sample at each batch size (text batched by length); best kept",
+    "throughput": "items/s over the whole sample at each batch size (text batched by length); best of "
+                  "optimize.rounds passes interleaved over the variants; best batch size kept",
     "peak_mem_mb": "growth of process RSS over the pre-session level while the session is built and runs "
                    "(sampled every 2 ms, heap trimmed first); host memory only",
     "quality": "against the fp32 variant on the same sample: top-1 agreement; embedders also mean/min cosine",
@@ -55,17 +57,23 @@ def optimize_model(cfg: OptimizeConfig, adapter: ModelAdapter, prepared, sample_
     evals = [items[i] for i in order]
     truth_eval = truth_idx[order] if truth_idx is not None else None
     context["sample"] = {"eval_items": len(evals), "calibration_items": min(len(items), cfg.calibration_samples)}
-    reports, reference, fused = [], None, None
+    work = workload(adapter, evals, cfg.batch_sizes, cfg.latency_runs)
+    evaluated, reference, fused = [], None, None
     for name in names:
-        report = evaluate_variant(name, cfg, adapter, Path(prepared.onnx_path), fused, out_dir, recommendation,
-                                  calibration, evals, truth_eval, reference)
+        ev = evaluate_variant(name, cfg, adapter, Path(prepared.onnx_path), fused, out_dir, recommendation,
+                              calibration, work, truth_eval, reference)
         if name == "fp32":
-            if report.error:
-                raise RuntimeError(f"the fp32 reference variant failed: {report.error}")
-            reference = report.outputs
-        if name == "fp32-fused" and not report.error:
-            fused = report.variant.path
-        reports.append(report.variant)
+            if ev.error:
+                raise RuntimeError(f"the fp32 reference variant failed: {ev.error}")
+            reference = ev.outputs
+        if name == "fp32-fused" and not ev.error:
+            fused = ev.variant.path
+        evaluated.append(ev)
+    for _ in range(cfg.rounds - 1):  # interleaved over variants: load bursts hit all of them alike
+        for ev in evaluated:
+            if ev.runner is not None:
+                ev.throughput = retime(ev.runner, work, ev.throughput)
+    reports = [ev.finish() for ev in evaluated]
     chosen = select_variant(reports, cfg.min_agreement, cfg.min_cosine, cfg.min_gain)
     selected = next(v for v in chosen if v.selected)
     log.info("optimize: selected %s (%s)", selected.name, selected.reason)
@@ -73,25 +81,34 @@ def optimize_model(cfg: OptimizeConfig, adapter: ModelAdapter, prepared, sample_
 
 
 class _Evaluated:
-    def __init__(self, variant: VariantReport, outputs: list[np.ndarray] | None = None):
-        self.variant, self.outputs = variant, outputs
+    """A variant between its first measured pass and the end of the interleaved rounds."""
+
+    def __init__(self, variant: VariantReport, outputs=None, runner=None):
+        self.variant, self.outputs, self.runner = variant, outputs, runner
         self.error = variant.error
+        self.throughput = dict(variant.throughput_by_batch)
+
+    def finish(self) -> VariantReport:
+        if not self.throughput:
+            return self.variant
+        best = max(self.throughput, key=self.throughput.__getitem__)
+        return replace(self.variant, throughput_by_batch=dict(sorted(self.throughput.items())),
+                       throughput_per_s=self.throughput[best], best_batch=best)
 
 
-def evaluate_variant(name, cfg, adapter, source, fused, out_dir, rec, calibration, evals, truth_eval,
+def evaluate_variant(name, cfg, adapter, source, fused, out_dir, rec, calibration, work, truth_eval,
                      reference) -> _Evaluated:
     """Build and measure one variant; a build or run failure becomes a row with ``error`` (fallback still raises)."""
     try:
         built = build_variant(name, adapter, source, fused, out_dir, rec, calibration, cfg)
         if name == "int8-dynamic":
-            built = retry_sensitive(built, cfg, adapter, source, fused, out_dir, rec, calibration, evals, reference)
+            built = retry_sensitive(built, cfg, adapter, source, fused, out_dir, rec, calibration, work, reference)
         runner, measured = measure(lambda: open_runner(built.path, rec.providers, rec.intra_op_threads,
                                                        rec.inter_op_threads, cfg.on_provider_fallback,
-                                                       built.optimized_offline),
-                                   adapter, evals, cfg.batch_sizes, cfg.latency_runs)
+                                                       built.optimized_offline), work)
     except ProviderFallback:
         raise
-    except (RuntimeError, ValueError, OSError, InputError) as exc:  # ORT/quantizer failures: record, keep going
+    except (RuntimeError, ValueError, KeyError, OSError, InputError, *ort_errors()) as exc:  # record, keep going
         log.warning("optimize: variant %s failed: %s", name, exc)
         path = out_dir / f"{name}.onnx"
         return _Evaluated(VariantReport(name, path, adapter.task, path.stat().st_size if path.exists() else 0,
@@ -104,17 +121,17 @@ def evaluate_variant(name, cfg, adapter, source, fused, out_dir, rec, calibratio
         agreement=q["agreement"], cosine=q.get("cosine"), min_cosine=q.get("min_cosine"), accuracy=q.get("accuracy"),
         providers=handle.actual, requested_providers=handle.requested, fell_back=handle.fell_back,
         throughput_by_batch=measured.throughput_by_batch)
-    return _Evaluated(variant, measured.outputs)
+    return _Evaluated(variant, measured.outputs, runner)
 
 
-def retry_sensitive(built: Built, cfg, adapter, source, fused, out_dir, rec, calibration, evals, reference) -> Built:
+def retry_sensitive(built: Built, cfg, adapter, source, fused, out_dir, rec, calibration, work, reference) -> Built:
     """int8-dynamic missing the budget: keep the MatMuls with the worst measured quantization error in fp32."""
     exclude = list(built.recipe["quantization"]["nodes_excluded"])
     ranking: list[str] | None = None
     attempts = []
     for attempt in range(cfg.int8_retries + 1):
         runner = open_runner(built.path, ("CPUExecutionProvider",), rec.intra_op_threads)
-        q = quality(adapter.task, run_outputs(runner, adapter, evals), reference, None)
+        q = quality(adapter.task, run_outputs(runner, work), reference, None)
         probe = VariantReport(built.name, built.path, adapter.task, 0, None, None, None, 1.0, 1, None,
                               agreement=q["agreement"], cosine=q.get("cosine"))
         attempts.append({"excluded": len(exclude), **{k: round(v, 5) for k, v in q.items()}})

@@ -1,8 +1,13 @@
 """Measure a variant on the sample: latency at batch 1, throughput per batch size, peak memory, outputs.
 
+Throughput: a first pass per batch size when the variant is opened, then ``retime`` passes that the stage
+interleaves over all variants, keeping each one's best — on a shared machine a burst of load would otherwise
+decide the winner.
+
 Peak memory is the growth of this process's resident set (RSS) over its level just before the session is
 created, sampled every 2 ms on a helper thread while the session is built and runs; freed heap is handed back
-to the OS first (glibc ``malloc_trim``) so one variant's leftovers do not hide the next one's growth. It covers
+to the OS first (glibc ``malloc_trim``) so freed memory does not hide the next variant's growth (sessions opened
+earlier stay open for the interleaved rounds; their memory is part of the baseline). It covers
 weights, ORT's arena and activations on the host; on CUDA, device memory is not in it.
 """
 from __future__ import annotations
@@ -74,38 +79,68 @@ def order_for_batching(adapter: ModelAdapter, items: list[Decoded]) -> list[int]
     return sorted(range(len(items)), key=lambda i: len(str(items[i].value)))
 
 
-def measure(open_fn: Callable[[], object], adapter: ModelAdapter, items: list[Decoded], batch_sizes: tuple[int, ...],
-            latency_runs: int) -> tuple[object, Measured]:
-    """Open the variant with ``open_fn`` and measure it on ``items`` (already in batching order)."""
+@dataclass(frozen=True)
+class Workload:
+    """The sample collated once for every variant: single items for latency, batches per size for throughput."""
+
+    items: list[Decoded]
+    singles: list[dict[str, np.ndarray]]
+    batches: dict[int, list[dict[str, np.ndarray]]]
+    whole: list[dict[str, np.ndarray]]  # every item once, for quality
+
+
+def workload(adapter: ModelAdapter, items: list[Decoded], batch_sizes: tuple[int, ...], latency_runs: int) -> Workload:
+    """Collate ``items`` (already in batching order); latency items are spread over the whole sample."""
+    singles = [adapter.collate([items[i * len(items) // latency_runs]]) for i in range(latency_runs)]
+    batches = {b: [adapter.collate(items[i:i + b]) for i in range(0, len(items), b)] for b in batch_sizes if b > 1}
+    whole = batches[max(batches)] if batches else [adapter.collate(items[i:i + 32]) for i in range(0, len(items), 32)]
+    return Workload(items, singles, batches, whole)
+
+
+def measure(open_fn: Callable[[], object], work: Workload) -> tuple[object, Measured]:
+    """Open the variant with ``open_fn``; latency at batch 1, one timed pass per batch size, peak memory, outputs."""
     with PeakRss() as mem:
         runner = open_fn()
-        # spread over the sample (text is sorted by length): not just the shortest items
-        singles = [adapter.collate([items[i * len(items) // latency_runs]]) for i in range(latency_runs)]
-        for feed in singles[:3]:
+        for feed in work.singles[:3]:
             runner.run(feed)  # warm-up: first runs allocate and pick kernels
         times = []
-        for feed in singles:
+        for feed in work.singles:
             t = time.perf_counter()
             runner.run(feed)
             times.append(time.perf_counter() - t)
         lat = np.array(times) * 1000
         throughput = {1: round(len(times) / float(np.sum(times)), 2)}
         outputs: list[np.ndarray] = []
-        for size in (b for b in batch_sizes if b > 1):
-            feeds = [adapter.collate(items[i:i + size]) for i in range(0, len(items), size)]
+        for size, feeds in work.batches.items():
             runner.run(feeds[0])
             t = time.perf_counter()
             results = [runner.run(f) for f in feeds]
-            throughput[size] = round(len(items) / (time.perf_counter() - t), 2)
+            throughput[size] = round(len(work.items) / (time.perf_counter() - t), 2)
             outputs = [np.concatenate(parts) for parts in zip(*results)]
-        outputs = outputs or run_outputs(runner, adapter, items)
+        outputs = outputs or run_outputs(runner, work)
     p50, p95, p99 = (round(float(np.percentile(lat, q)), 3) for q in (50, 95, 99))
     return runner, Measured((p50, p95, p99), throughput, mem.peak_mb, outputs)
 
 
-def run_outputs(runner, adapter: ModelAdapter, items: list[Decoded], batch: int = 32) -> list[np.ndarray]:
-    """All outputs over ``items``, batched, in item order (for quality only; not timed)."""
-    results = [runner.run(adapter.collate(items[i:i + batch])) for i in range(0, len(items), batch)]
+def retime(runner, work: Workload, throughput: dict[int, float]) -> dict[int, float]:
+    """One more timed pass per batch size; keep the best figure (the stage interleaves these over variants, so a
+    burst of load from other processes does not decide which variant wins)."""
+    best = dict(throughput)
+    t = time.perf_counter()
+    for feed in work.singles:
+        runner.run(feed)
+    best[1] = max(best.get(1, 0.0), round(len(work.singles) / (time.perf_counter() - t), 2))
+    for size, feeds in work.batches.items():
+        t = time.perf_counter()
+        for feed in feeds:
+            runner.run(feed)
+        best[size] = max(best.get(size, 0.0), round(len(work.items) / (time.perf_counter() - t), 2))
+    return best
+
+
+def run_outputs(runner, work: Workload) -> list[np.ndarray]:
+    """All outputs over the sample in item order (for quality only; not timed)."""
+    results = [runner.run(f) for f in work.whole]
     return [np.concatenate(parts) for parts in zip(*results)]
 
 

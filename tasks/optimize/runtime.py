@@ -23,6 +23,15 @@ CUDA_OPTIONS = {"device_id": 0, "arena_extend_strategy": "kSameAsRequested", "cu
                 "do_copy_in_default_stream": True}
 
 
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """ONNX Runtime's own exception types: they derive from Exception, not RuntimeError."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    names = ("Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+             "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail")
+    return tuple(getattr(state, n) for n in names if isinstance(getattr(state, n, None), type))
+
+
 @dataclass(frozen=True)
 class Runner:
     """A session plus how to feed it: plain ``run`` on CPU, IO binding with device outputs on CUDA."""
@@ -94,6 +103,6 @@ def save_optimized(src: Path, dst: Path, providers: tuple[str, ...], threads: in
     spec = [(p, CUDA_OPTIONS) if p == CUDA_EP else p for p in providers if p in available] or ["CPUExecutionProvider"]
     try:
         ort.InferenceSession(str(src), sess_options=opts, providers=spec)
-    except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...); re-raise with context
+    except ort_errors() as exc:
         raise RuntimeError(f"ONNX Runtime could not optimize {src} for {spec}: {exc}") from exc
     return dst

@@ -1,5 +1,6 @@
 """Provider fallback detection and the CUDA path (skipped without a usable GPU)."""
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 
@@ -48,11 +49,15 @@ def test_gpu_profile_without_working_cuda_fails_or_warns_per_config(mnist, digit
     cfg = OptimizeConfig(variants=("fp32",), on_provider_fallback="fail", **FAST)
     with pytest.raises(ProviderFallback):
         optimize_model(cfg, adapter, prepared, digits[0], tmp_path / "fail", profile, rec)
-    result = optimize_model(cfg.model_copy(update={"on_provider_fallback": "warn"}), adapter, prepared, digits[0],
-                            tmp_path / "warn", profile, rec)
-    row = result.selected.to_dict()
-    assert row["fell_back"] is True and row["providers"] == ["CPUExecutionProvider"]
-    assert "ran on CPUExecutionProvider" in row["reason"]
+    warn = cfg.model_copy(update={"on_provider_fallback": "warn", "variants": ("fp32", "fp16")})
+    result = optimize_model(warn, adapter, prepared, digits[0], tmp_path / "warn", profile, rec)
+    assert [v.name for v in result.variants] == ["fp32", "fp16"]  # a GPU profile builds fp16
+    for v in result.variants:
+        row = v.to_dict()
+        assert row["fell_back"] is True and row["providers"] == ["CPUExecutionProvider"]
+        assert "ran on CPUExecutionProvider" in row["reason"]
+    fp16 = onnx.load(str(result.variants[1].path))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in fp16.graph.initializer)
 
 
 @needs_gpu
