@@ -19,10 +19,10 @@ from tasks.infer.config import InferConfig
 from tasks.infer.index import RunIndex
 from tasks.infer.metrics import serve_metrics
 from tasks.infer.model_ref import ModelRef
-from tasks.infer.plan import PREDICTIONS, load_reusable, merge_predictions, plan_shards
+from tasks.infer.plan import PREDICTIONS, load_reusable, merge_predictions, plan_todo, write_shards
 from tasks.infer.progress import ShardProgress
-from tasks.infer.result import InferResult, count_rows
-from tasks.infer.runners import make_task_runner, split_threads
+from tasks.infer.result import InferResult
+from tasks.infer.runners import concurrency, make_task_runner, split_threads
 from tasks.infer.scan import read_manifest
 from tasks.infer.shard import ShardOutcome, ShardSettings, ShardSpec, failed_shard_table
 from tasks.infer.task import infer_shard_task
@@ -40,11 +40,17 @@ def resolve_batch_size(cfg: InferConfig, profile: dict) -> int:
     return recommend(HardwareProfile.from_dict(profile)).batch_size
 
 
-def count_reused(manifest: pa.Table, done: set[str]) -> int:
+def gather_results(reusable: pa.Table, parts: list[str | pa.Table]) -> pa.Table:
+    """Reused rows plus this run's shard files (and the error tables of failed shards), one row per hash."""
+    tables = [p if isinstance(p, pa.Table) else pq.read_table(p) for p in parts]
+    return pa.concat_tables([reusable, *tables])
+
+
+def count_reused(manifest: pa.Table, done: pa.Array) -> int:
     """Manifest files whose result came from an earlier run."""
-    if not done:
+    if not len(done):
         return 0
-    return pc.sum(pc.is_in(manifest["content_hash"], pa.array(list(done), pa.string()))).as_py() or 0
+    return pc.sum(pc.is_in(manifest["content_hash"], done)).as_py() or 0
 
 
 @contextmanager
@@ -64,24 +70,34 @@ def share_api_with_workers(runner: str):
         yield
 
 
-def run_shards(specs: list[ShardSpec], model: ModelRef, settings: ShardSettings, index: RunIndex, metrics,
-               progress: ShardProgress) -> tuple[list[pa.Table], list[ShardOutcome]]:
-    """Submit one task per shard; commit each durable shard file as its task returns (this process is the one
+def run_shards(specs: list[ShardSpec], window: int, model: ModelRef, settings: ShardSettings, index: RunIndex,
+               metrics, progress: ShardProgress) -> tuple[list[str | pa.Table], list[ShardOutcome]]:
+    """Keep ``window`` shard tasks in flight, submitting the next as one finishes (backpressure: the flow never
+    holds more shards than that); commit each durable shard file as its task returns (this process is the one
     index writer). A shard that exhausts its retries becomes error rows, and the run goes on."""
-    log, tables, outcomes = get_run_logger(), [], []
-    futures = {infer_shard_task.submit(spec, model, settings): spec for spec in specs}
-    for future in as_completed(list(futures)):
-        spec = futures[future]
+    log, tables, outcomes, running, queue = get_run_logger(), [], [], {}, iter(specs)
+
+    def submit_next() -> None:
+        spec = next(queue, None)
+        if spec is not None:
+            running[infer_shard_task.submit(spec, model, settings)] = spec
+
+    for _ in range(window):
+        submit_next()
+    while running:
+        future = next(as_completed(list(running)))
+        spec = running.pop(future)
+        submit_next()
         try:
             outcome = future.result()
         except Exception as exc:  # any failure of the task, after its retries
             log.error("shard %s failed after retries: %s", spec.shard_id, exc)
             tables.append(failed_shard_table(spec, f"shard failed after retries: {type(exc).__name__}: {exc}"))
-            metrics.record_files("error", len(spec.hashes))
-            progress.advance(len(spec.hashes))
+            metrics.record_files("error", spec.files)
+            progress.advance(spec.files)
             continue
         index.commit(spec.shard_id, model.identity, Path(outcome.out_path).name, outcome.files)
-        tables.append(pq.read_table(outcome.out_path))
+        tables.append(outcome.out_path)  # read back at the merge: nothing per file is held during the run
         outcomes.append(outcome)
         metrics.record_shard(outcome)
         progress.advance(outcome.files)
@@ -92,32 +108,38 @@ def run_shards(specs: list[ShardSpec], model: ModelRef, settings: ShardSettings,
 def infer_flow(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: str, profile: dict) -> InferResult:
     """Infer every new or changed file of the manifest and write ``run_dir/predictions.parquet``."""
     start, run_path = time.perf_counter(), Path(run_dir)
-    manifest, root = read_manifest(manifest_path)
+    manifest, root = read_manifest(manifest_path, columns=["content_hash", "fs_path", "scan_error"])
     index = RunIndex(run_path)
     try:
         if cfg.full:
             index.supersede(model.identity)
         reusable = load_reusable(index, model.identity, run_path)
-        done = set(reusable["content_hash"].to_pylist())
-        specs = plan_shards(manifest, root, done, model.identity, cfg.shard_size, run_path)
+        done = reusable["content_hash"].combine_chunks()
+        specs = write_shards(plan_todo(manifest, done), root, model.identity, cfg.shard_size, run_path)
+        todo = sum(s.files for s in specs)
+        reused = count_reused(manifest, done)
+        scan_errors = manifest.num_rows - manifest["scan_error"].null_count
+        get_run_logger().info("%d files: %d to infer in %d shards, %d reused, %d scan errors",
+                              manifest.num_rows, todo, len(specs), reused, scan_errors)
+        del manifest  # the merge streams it again from disk
+        pa.default_memory_pool().release_unused()
         settings = ShardSettings(resolve_batch_size(cfg, profile), cfg.prefetch_batches, cfg.max_file_bytes)
-        todo = sum(len(s.hashes) for s in specs)
-        get_run_logger().info("%d files: %d to infer in %d shards, %d results reused",
-                              manifest.num_rows, todo, len(specs), len(done))
         with serve_metrics(cfg.metrics_port, cfg.pushgateway, bool(profile.get("gpus")), {"run": run_path.name}) \
                 as metrics, ShardProgress(todo, cfg.progress) as progress:
             with share_api_with_workers(cfg.runner):
-                tables, outcomes = run_shards(specs, split_threads(cfg, model), settings, index, metrics, progress)
-            table = merge_predictions(manifest, pa.concat_tables([reusable, *tables]), run_path / PREDICTIONS)
-            reused = count_reused(manifest, done)
+                tables, outcomes = run_shards(specs, 2 * concurrency(cfg), split_threads(cfg, model), settings,
+                                              index, metrics, progress)
             metrics.record_files("reused", reused)
-            metrics.record_files("error", manifest.num_rows - manifest["scan_error"].null_count)  # scan errors
+            metrics.record_files("error", scan_errors)
+            summary = merge_predictions(manifest_path, gather_results(reusable, tables), run_path / PREDICTIONS)
+            del reusable, tables
+            pa.default_memory_pool().release_unused()
     finally:
         index.close()
-    counts, reasons = count_rows(table, reused)
     seconds = time.perf_counter() - start
-    return InferResult(predictions_path=str(run_path / PREDICTIONS), counts=counts, errors_by_reason=reasons,
-                       seconds=seconds, files_per_s=todo / max(seconds, 1e-9), throughput=progress.points,
+    return InferResult(predictions_path=str(run_path / PREDICTIONS), counts=summary.counts(reused),
+                       errors_by_reason=dict(summary.reasons.most_common()), seconds=seconds,
+                       files_per_s=todo / max(seconds, 1e-9), throughput=progress.points,
                        batch_size=min([o.batch_size for o in outcomes], default=settings.batch_size),
                        worker_processes=len({o.pid for o in outcomes}),
                        model_loads=sum(o.loaded_model for o in outcomes))

@@ -9,13 +9,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tasks.infer.index import RunIndex
-from tasks.infer.scan import write_parquet_atomic
+from tasks.infer.result import Summary
+from tasks.infer.scan import ROW_GROUP, atomic_path
 from tasks.infer.shard import RESULT_SCHEMA, ShardSpec
 
 SHARDS_DIR = "shards"
+TODO = "todo.parquet"
 PREDICTIONS = "predictions.parquet"
-PREDICTION_COLUMNS = ("path", "size_bytes", "content_hash", "status", "error", "flag", "label", "confidence",
-                      "infer_label", "infer_confidence", "final_stage")
+PREDICTIONS_SCHEMA = pa.schema([
+    ("path", pa.string()), ("size_bytes", pa.int64()), ("content_hash", pa.string()), ("status", pa.string()),
+    ("error", pa.string()), ("flag", pa.string()), ("label", pa.string()), ("confidence", pa.float32()),
+    ("infer_label", pa.string()), ("infer_confidence", pa.float32()), ("final_stage", pa.string()),
+])
 
 
 def shard_id(identity: str, hashes: list[str]) -> str:
@@ -45,42 +50,73 @@ def latest_per_hash(table: pa.Table) -> pa.Table:
     return table.take(pc.sort_indices(last["_pos_max"]))
 
 
-def plan_shards(manifest: pa.Table, root: str, done: set[str], identity: str, shard_size: int,
-                run_dir: Path) -> list[ShardSpec]:
-    """Group the unique content hashes not in ``done`` into shards of ``shard_size``, in path order."""
-    hashes = manifest["content_hash"].to_pylist()
-    fs_paths = manifest["fs_path"].to_pylist()
-    todo_h, todo_p, seen = [], [], set(done)
-    for h, p in zip(hashes, fs_paths):
-        if h is not None and h not in seen:
-            seen.add(h)
-            todo_h.append(h)
-            todo_p.append(p)
+def plan_todo(manifest: pa.Table, done: pa.Array | set[str]) -> pa.Table:
+    """Unique content hashes (first path of each, in manifest order) that have no reusable result yet.
+
+    Stays in Arrow: a Python set or list per file would make the flow's memory grow with the input.
+    """
+    keep = pc.is_valid(manifest["content_hash"])
+    done = done if isinstance(done, pa.Array) else pa.array(sorted(done), pa.string())
+    if len(done):
+        keep = pc.and_(keep, pc.invert(pc.is_in(manifest["content_hash"], done)))
+    table = manifest.select(["content_hash", "fs_path"]).filter(keep)
+    if table.num_rows == 0:
+        return table
+    first = table.append_column("_i", pa.array(range(table.num_rows), pa.int64())).group_by(
+        "content_hash", use_threads=False).aggregate([("_i", "min")])
+    return table.take(pc.sort_indices(first["_i_min"]))
+
+
+def write_shards(todo: pa.Table, root: str, identity: str, shard_size: int, run_dir: Path) -> list[ShardSpec]:
+    """Write the files to infer to ``run_dir/todo.parquet``, one row group per shard, and return small specs
+    that point at their row group: task parameters stay a few hundred bytes, whatever the shard size."""
+    path = run_dir / TODO
     specs = []
-    for s in range(0, len(todo_h), shard_size):
-        chunk = todo_h[s:s + shard_size]
-        sid = shard_id(identity, chunk)
-        specs.append(ShardSpec(sid, root, tuple(todo_p[s:s + shard_size]), tuple(chunk),
-                               str(run_dir / SHARDS_DIR / f"{sid}.parquet")))
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, todo.schema) as writer:
+        for group, start in enumerate(range(0, todo.num_rows, shard_size)):
+            part = todo.slice(start, shard_size)
+            writer.write_table(part, row_group_size=shard_size)
+            sid = shard_id(identity, part["content_hash"].to_pylist())
+            specs.append(ShardSpec(sid, root, str(path), group, part.num_rows,
+                                   str(run_dir / SHARDS_DIR / f"{sid}.parquet")))
     return specs
 
 
-def merge_predictions(manifest: pa.Table, results: pa.Table, out_path: Path) -> pa.Table:
-    """One row per manifest file: scan errors, then each hash's result; written atomically to ``out_path``."""
-    results = latest_per_hash(results).drop_columns(["reusable"])
-    keyed = manifest.select(["path", "size_bytes", "content_hash", "scan_error"]).append_column(
-        "_order", pa.array(range(manifest.num_rows), pa.int64()))
-    joined = keyed.join(results, "content_hash", join_type="left outer").sort_by("_order")
-    missing = pc.is_null(joined["status"])
-    status = pc.if_else(missing, "error", joined["status"])
-    error = pc.if_else(missing, pc.coalesce(joined["scan_error"], pa.scalar("no result: the file was not processed")),
-                       joined["error"])
+def plan_shards(manifest: pa.Table, root: str, done: pa.Array | set[str], identity: str, shard_size: int,
+                run_dir: Path) -> list[ShardSpec]:
+    """Shards of the files that still need the model (see ``plan_todo`` and ``write_shards``)."""
+    return write_shards(plan_todo(manifest, done), root, identity, shard_size, run_dir)
+
+
+def merge_predictions(manifest_path: Path | str, results: pa.Table, out_path: Path,
+                      chunk_rows: int = ROW_GROUP) -> Summary:
+    """One row per manifest file (scan errors, then each hash's result), written atomically to ``out_path``.
+
+    ``results`` must hold one row per content hash. The manifest is streamed in chunks, so the memory of the
+    merge grows with the results (a few columns per unique file), not with a full copy of the joined table.
+    """
+    results = results.drop_columns(["reusable"]).combine_chunks()
+    summary = Summary()
+    with atomic_path(Path(out_path)) as tmp, pq.ParquetWriter(tmp, PREDICTIONS_SCHEMA) as writer:
+        source = pq.ParquetFile(manifest_path)
+        for batch in source.iter_batches(chunk_rows, columns=["path", "size_bytes", "content_hash", "scan_error"]):
+            table = _join_chunk(pa.Table.from_batches([batch]), results)
+            summary.add(table)
+            writer.write_table(table)
+    return summary
+
+
+def _join_chunk(chunk: pa.Table, results: pa.Table) -> pa.Table:
+    """Look up each file's result by hash (``index_in`` + ``take``: order kept, no hash-join buffers)."""
+    picked = results.take(pc.index_in(chunk["content_hash"], value_set=results["content_hash"]))
+    missing = pc.is_null(picked["status"])
+    status = pc.if_else(missing, "error", picked["status"])
+    error = pc.if_else(missing, pc.coalesce(chunk["scan_error"], pa.scalar("no result: the file was not processed")),
+                       picked["error"])
     ok = pc.equal(status, "ok")
-    table = pa.table({
-        "path": joined["path"], "size_bytes": joined["size_bytes"], "content_hash": joined["content_hash"],
-        "status": status, "error": error, "flag": joined["flag"], "label": joined["label"],
-        "confidence": joined["confidence"], "infer_label": joined["label"], "infer_confidence": joined["confidence"],
+    return pa.table({
+        "path": chunk["path"], "size_bytes": chunk["size_bytes"], "content_hash": chunk["content_hash"],
+        "status": status, "error": error, "flag": picked["flag"], "label": picked["label"],
+        "confidence": picked["confidence"], "infer_label": picked["label"], "infer_confidence": picked["confidence"],
         "final_stage": pc.if_else(ok, pa.scalar("infer"), pa.scalar(None, pa.string())),
-    })
-    write_parquet_atomic(table, out_path)
-    return table
+    }, schema=PREDICTIONS_SCHEMA)

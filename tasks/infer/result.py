@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -25,10 +26,21 @@ def reason_of(message: str) -> str:
     return message.split(":", 1)[0].strip()
 
 
-def count_rows(table: pa.Table, reused: int) -> tuple[dict[str, int], dict[str, int]]:
-    """Counts for the report, and error counts grouped by reason."""
-    ok = pc.sum(pc.equal(table["status"], "ok")).as_py() or 0
-    flagged = pc.sum(pc.is_valid(table["flag"])).as_py() or 0
-    errors = [e for e in table["error"].to_pylist() if e is not None]
-    counts = {"files": table.num_rows, "ok": ok, "error": table.num_rows - ok, "flagged": flagged, "reused": reused}
-    return counts, dict(Counter(reason_of(e) for e in errors).most_common())
+@dataclass
+class Summary:
+    """Counts over the predictions table, accumulated chunk by chunk while it is written."""
+
+    files: int = 0
+    ok: int = 0
+    flagged: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def add(self, table: pa.Table) -> None:
+        self.files += table.num_rows
+        self.ok += pc.sum(pc.equal(table["status"], "ok")).as_py() or 0
+        self.flagged += pc.sum(pc.is_valid(table["flag"])).as_py() or 0
+        self.reasons.update(reason_of(e) for e in table["error"].drop_null().to_pylist())
+
+    def counts(self, reused: int) -> dict[str, int]:
+        return {"files": self.files, "ok": self.ok, "error": self.files - self.ok, "flagged": self.flagged,
+                "reused": reused}

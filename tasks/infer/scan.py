@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from helios.errors import UsageError
-from tasks.infer.source import Entry, is_remote, local_root, scan_local, scan_remote
+from tasks.infer.source import Entry, StatCache, is_remote, local_root, scan_local, scan_remote
 
 MANIFEST = "manifest.parquet"
 ROOT_KEY = b"helios.root"
@@ -29,12 +30,14 @@ class ScanResult:
     seconds: float
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
-    """Write to a temp name, fsync, rename over ``path`` and fsync the directory: a reader sees all or nothing."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp path to write; on success it is fsynced, renamed over ``path`` and the directory fsynced, so a
+    reader (or a rerun after ``kill -9``) sees the old file or the new one, never a torn one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
-        pq.write_table(table, tmp)
+        yield tmp
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -48,19 +51,31 @@ def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+ROW_GROUP = 50_000  # readers stream row groups: memory follows this, not the file's length
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
+    """Write ``table`` to ``path`` atomically and durably."""
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP)
     return path
 
 
 def manifest_table(entries: list[Entry], root: str) -> pa.Table:
-    """Entries sorted by path as an Arrow table; the input root travels in the schema metadata."""
-    entries = sorted(entries, key=lambda e: e.fs_path)
+    """Entries as an Arrow table; the input root travels in the schema metadata."""
     columns = {
         "path": [e.path for e in entries], "fs_path": [e.fs_path for e in entries],
         "size_bytes": [e.size_bytes for e in entries], "mtime": [e.mtime for e in entries],
         "content_hash": [e.content_hash for e in entries], "scan_error": [e.error for e in entries],
         "stat_key": [e.stat_key for e in entries],
     }
-    return pa.table(columns, schema=MANIFEST_SCHEMA.with_metadata({ROOT_KEY: root.encode()}))
+    return pa.table(columns, schema=manifest_schema(root))
+
+
+def manifest_schema(root: str) -> pa.Schema:
+    return MANIFEST_SCHEMA.with_metadata({ROOT_KEY: root.encode()})
 
 
 def check_root(root: str) -> None:
@@ -70,36 +85,41 @@ def check_root(root: str) -> None:
 
 
 def scan_input(root: str, run_dir: Path) -> ScanResult:
-    """Walk ``root``, hash each file while reading it once, and write ``run_dir/manifest.parquet``."""
+    """Walk ``root``, hash each file while reading it once, and write ``run_dir/manifest.parquet``.
+
+    Entries are written in batches as the walk goes, so the scan's memory does not grow with the input.
+    """
     start = time.perf_counter()
     check_root(root)
+    path = Path(run_dir) / MANIFEST
     if is_remote(root):
-        entries = scan_remote(root)
+        batches = iter([sorted(scan_remote(root), key=lambda e: e.fs_path)])
     else:
         root = str(local_root(root).resolve())
-        entries = scan_local(root, known_entries(Path(run_dir) / MANIFEST, root))
-    table = manifest_table(entries, root)
-    path = write_parquet_atomic(table, Path(run_dir) / MANIFEST)
-    total = sum(e.size_bytes for e in entries)
-    return ScanResult(path, table.num_rows, total, time.perf_counter() - start)
+        batches = scan_local(root, stat_cache(path, root), ROW_GROUP)
+    files = total = 0
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, manifest_schema(root)) as writer:
+        for entries in batches:
+            writer.write_table(manifest_table(entries, root), row_group_size=ROW_GROUP)
+            files += len(entries)
+            total += sum(e.size_bytes for e in entries)
+    return ScanResult(path, files, total, time.perf_counter() - start)
 
 
-def known_entries(path: Path, root: str) -> dict[bytes, Entry]:
-    """Hashed entries of an earlier manifest of the same root, by raw path (the stat cache of a rerun)."""
+def stat_cache(path: Path, root: str) -> StatCache | None:
+    """The earlier manifest of the same root as a stat cache; None when there is none (or it is unreadable)."""
     if not path.is_file():
-        return {}
+        return None
     try:
         table, old_root = read_manifest(path)
     except (OSError, KeyError, pa.ArrowException):
-        return {}  # unreadable or foreign manifest: hash everything again
+        return None  # unreadable or foreign manifest: hash everything again
     if old_root != root or "stat_key" not in table.column_names:
-        return {}
-    table = table.filter(pa.compute.is_valid(table["content_hash"]))
-    cols = [table[c].to_pylist() for c in ("path", "fs_path", "size_bytes", "mtime", "content_hash", "stat_key")]
-    return {raw: Entry(p, raw, size, mtime, h, None, key) for p, raw, size, mtime, h, key in zip(*cols)}
+        return None
+    return StatCache(table)
 
 
-def read_manifest(path: Path | str) -> tuple[pa.Table, str]:
-    """The manifest table and the input root it was scanned from."""
-    table = pq.read_table(path)
-    return table, table.schema.metadata[ROOT_KEY].decode()
+def read_manifest(path: Path | str, columns: list[str] | None = None) -> tuple[pa.Table, str]:
+    """The manifest table (optionally only some columns) and the input root it was scanned from."""
+    table = pq.read_table(path, columns=columns)
+    return table, pq.read_schema(path).metadata[ROOT_KEY].decode()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from helios.models import InputError
 from tasks.infer.engine import LOADS, TEXT_BUCKET_BATCHES, Engine, get_engine
@@ -30,13 +31,19 @@ _DONE = object()
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """Files of one shard (unique content hashes), where to read them and where the results go."""
+    """One shard: its files are row group ``group`` of ``todo_path`` (unique content hashes and raw paths)."""
 
     shard_id: str
     root: str
-    fs_paths: tuple[bytes, ...]
-    hashes: tuple[str, ...]
+    todo_path: str
+    group: int
+    files: int
     out_path: str
+
+    def load(self) -> tuple[list[bytes], list[str]]:
+        """The shard's raw relative paths and content hashes."""
+        part = pq.ParquetFile(self.todo_path).read_row_group(self.group, columns=["fs_path", "content_hash"])
+        return part["fs_path"].to_pylist(), part["content_hash"].to_pylist()
 
 
 @dataclass(frozen=True)
@@ -95,15 +102,16 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
-def _load(spec: ShardSpec, i: int, engine: Engine, settings: ShardSettings, rows: _Rows):
+def _load(root: str, fs_path: bytes, content_hash: str, i: int, engine: Engine, settings: ShardSettings,
+          rows: _Rows):
     """Read, verify and decode file ``i``; on failure record its error row and return None."""
     try:
-        data = read_file(spec.root, spec.fs_paths[i], settings.max_file_bytes)
+        data = read_file(root, fs_path, settings.max_file_bytes)
     except OSError as exc:
         return rows.fail(i, f"unreadable: {(exc.strerror or type(exc).__name__).lower()}", reusable=False)
     except ValueError as exc:  # not a regular file any more, or over max_file_bytes
         return rows.fail(i, str(exc), reusable=False)
-    if new_hasher_of(data) != spec.hashes[i]:
+    if new_hasher_of(data) != content_hash:
         return rows.fail(i, "file changed after the scan: rerun to process its new content", reusable=False)
     try:
         decoded = engine.adapter.preprocess(data)
@@ -121,20 +129,20 @@ def new_hasher_of(data: bytes) -> str:
     return h.hexdigest()
 
 
-def _produce(spec, engine, settings, rows, q, stop) -> None:
+def _produce(spec, fs_paths, hashes, engine, settings, rows, q, stop) -> None:
     """Prefetch thread: decode files and put collated batches on the bounded queue."""
     try:
         size = engine.batch_size(settings.batch_size)
         window = size * (TEXT_BUCKET_BATCHES if engine.adapter.modality == "text" else 1)
         idxs, items = [], []
-        for i in range(len(spec.hashes)):
+        for i, (fs_path, content_hash) in enumerate(zip(fs_paths, hashes)):
             if stop.is_set():
                 return
-            decoded = _load(spec, i, engine, settings, rows)
+            decoded = _load(spec.root, fs_path, content_hash, i, engine, settings, rows)
             if decoded is not None:
                 idxs.append(i)
                 items.append(decoded)
-            if len(items) >= window or (i == len(spec.hashes) - 1 and items):
+            if len(items) >= window or (i == len(hashes) - 1 and items):
                 for batch in engine.batches(idxs, items, engine.batch_size(settings.batch_size)):
                     if not _put(q, batch, stop):
                         return
@@ -150,10 +158,12 @@ def infer_shard(spec: ShardSpec, ref: ModelRef, settings: ShardSettings) -> Shar
     loads = LOADS["count"]
     engine = get_engine(ref)
     loaded = LOADS["count"] > loads
-    rows = _Rows(len(spec.hashes))
+    fs_paths, hashes = spec.load()
+    rows = _Rows(len(hashes))
     q: queue.Queue = queue.Queue(maxsize=settings.prefetch_batches)
     stop = threading.Event()
-    producer = threading.Thread(target=_produce, args=(spec, engine, settings, rows, q, stop), daemon=True,
+    producer = threading.Thread(target=_produce, args=(spec, fs_paths, hashes, engine, settings, rows, q, stop),
+                                daemon=True,
                                 name=f"prefetch-{spec.shard_id}")
     producer.start()
     sizes, seconds, depths = [], [], []
@@ -172,11 +182,11 @@ def infer_shard(spec: ShardSpec, ref: ModelRef, settings: ShardSettings) -> Shar
     finally:
         stop.set()
         producer.join()
-    table = result_table(spec.hashes, rows, engine.adapter.labels)
+    table = result_table(hashes, rows, engine.adapter.labels)
     write_parquet_atomic(table, Path(spec.out_path))
     n_err = sum(e is not None for e in rows.error)
     return ShardOutcome(
-        spec.shard_id, spec.out_path, len(spec.hashes), len(spec.hashes) - n_err, n_err,
+        spec.shard_id, spec.out_path, len(hashes), len(hashes) - n_err, n_err,
         sum(f is not None for f in rows.flag), time.perf_counter() - start, engine.batch_size(settings.batch_size),
         tuple(sizes), tuple(seconds), tuple(depths), os.getpid(), loaded,
     )
@@ -199,8 +209,9 @@ def result_table(hashes, rows: _Rows, labels: tuple[str, ...]) -> pa.Table:
 
 def failed_shard_table(spec: ShardSpec, reason: str) -> pa.Table:
     """Error rows for every file of a shard that failed after its retries (retried on the next run)."""
-    n = len(spec.hashes)
+    hashes = spec.load()[1]
+    n = len(hashes)
     return pa.table({
-        "content_hash": list(spec.hashes), "status": ["error"] * n, "error": [reason] * n, "flag": [None] * n,
+        "content_hash": hashes, "status": ["error"] * n, "error": [reason] * n, "flag": [None] * n,
         "label": [None] * n, "confidence": pa.nulls(n, pa.float32()), "reusable": [False] * n,
     }, schema=RESULT_SCHEMA)

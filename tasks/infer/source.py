@@ -132,6 +132,7 @@ def walk_local(root: str) -> Iterator[tuple[str, str | None, os.stat_result | No
         except OSError as exc:
             yield prefix.rstrip("/") or ".", f"unreadable directory: {_os_reason(exc)}", None
             continue
+        subdirs: list[str] = []
         for entry in entries:
             rel = prefix + entry.name
             try:
@@ -153,32 +154,64 @@ def walk_local(root: str) -> Iterator[tuple[str, str | None, os.stat_result | No
             if stat.S_ISDIR(st.st_mode):
                 if (st.st_dev, st.st_ino) not in seen:  # a cycle or a second link to a visited directory
                     seen.add((st.st_dev, st.st_ino))
-                    stack.append(rel + "/")
+                    subdirs.append(rel + "/")
             elif stat.S_ISREG(st.st_mode):
                 yield rel, None, st
             else:
                 yield rel, f"not a regular file ({_special_kind(st.st_mode) or 'unknown type'}): not opened", None
+        stack.extend(reversed(subdirs))  # depth first, in name order: a deterministic manifest order
 
 
-def scan_local(root: str, known: dict[bytes, Entry] | None = None) -> list[Entry]:
-    """Walk and hash a local directory, one file after the other: on small files a thread pool was 4x slower
-    (GIL hand-offs cost more than the reads).
+class StatCache:
+    """Hashes of an earlier manifest of the same root, kept in Arrow (not one Python object per file).
 
-    ``known`` is the previous manifest of the same root: a file whose inode, size, mtime and ctime are unchanged
-    keeps its hash without being read again (as git's index does), so an unchanged rerun reads no file.
+    A file whose inode, size, mtime and ctime are unchanged keeps its hash without being read again (as git's
+    index does), so an unchanged rerun reads no file.
     """
-    known = known or {}
-    kept, errors, todo = [], [], []
-    for rel, error, st in walk_local(root):
+
+    def __init__(self, table):
+        import pyarrow.compute as pc
+
+        table = table.filter(pc.is_valid(table["content_hash"]))
+        self.table = table.select(["path", "fs_path", "size_bytes", "mtime", "content_hash", "stat_key"])
+
+    def lookup(self, raws: list[bytes], keys: list[str]) -> list[Entry | None]:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        found = self.table.take(pc.index_in(pa.array(raws, pa.binary()), value_set=self.table["fs_path"]))
+        cols = [found[c].to_pylist() for c in ("path", "size_bytes", "mtime", "content_hash", "stat_key")]
+        return [Entry(p, raw, size, mtime, h, None, old) if old is not None and old == key else None
+                for raw, key, p, size, mtime, h, old in zip(raws, keys, *cols)]
+
+
+def scan_local(root: str, known: StatCache | None = None, batch: int = 50_000) -> Iterator[list[Entry]]:
+    """Walk and hash a local directory in batches of entries (memory stays flat however many files).
+
+    Files are hashed one after the other: on small files a thread pool was 4x slower (GIL hand-offs cost
+    more than the reads).
+    """
+    walked: list[tuple[str, str | None, os.stat_result | None]] = []
+    for item in walk_local(root):
+        walked.append(item)
+        if len(walked) >= batch:
+            yield _hash_batch(root, walked, known)
+            walked = []
+    if walked:
+        yield _hash_batch(root, walked, known)
+
+
+def _hash_batch(root: str, walked, known: StatCache | None) -> list[Entry]:
+    files = [(rel, st) for rel, error, st in walked if error is None]
+    cached = known.lookup([os.fsencode(r) for r, _ in files], [stat_key(st) for _, st in files]) if known else []
+    hit = {e.fs_path: e for e in cached if e is not None}
+    out = []
+    for rel, error, _ in walked:
         if error is not None:
-            errors.append(Entry(display_name(rel), os.fsencode(rel), 0, 0.0, None, error))
-            continue
-        old = known.get(os.fsencode(rel))
-        if old is not None and old.stat_key == stat_key(st):
-            kept.append(old)
+            out.append(Entry(display_name(rel), os.fsencode(rel), 0, 0.0, None, error))
         else:
-            todo.append(rel)
-    return kept + [hash_local(root, rel) for rel in todo] + errors
+            out.append(hit.get(os.fsencode(rel)) or hash_local(root, rel))
+    return out
 
 
 def scan_remote(url: str) -> list[Entry]:

@@ -26,7 +26,8 @@ def run_stage(root: Path, run_dir: Path, ref, before_infer=None, **settings) -> 
     results = pa.concat_tables([pq.read_table(o.out_path) for o in outcomes]) if outcomes else None
     from tasks.infer.shard import RESULT_SCHEMA
 
-    table = merge_predictions(manifest, results or RESULT_SCHEMA.empty_table(), run_dir / "predictions.parquet")
+    merge_predictions(scan.manifest_path, results or RESULT_SCHEMA.empty_table(), run_dir / "predictions.parquet")
+    table = pq.read_table(run_dir / "predictions.parquet")
     assert table.num_rows == manifest.num_rows
     return {r["path"]: r for r in table.to_pylist()}
 
