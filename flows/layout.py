@@ -86,5 +86,8 @@ def write_frame(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def write_json(data: dict, path: Path) -> Path:
-    path.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    """Write JSON atomically: temp file, then rename (a reader never sees half a file)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
     return path

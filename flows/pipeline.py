@@ -101,6 +101,7 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         report = report_stage(config.report, summary, str(layout.run_dir), adapter.labels)
         clock.lap("report")
         summary["stages"] = clock.stages
+        finish_report(Path(report["report_json"]), clock.stages)
         track_results(tracker, summary, optimized, layout, adapter.name, profile.hardware_class)
         tracker.finish("FINISHED")
     except BaseException:
@@ -109,6 +110,15 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     log.info("Helios run finished: %s files in %.1f s", inferred.counts.get("files"), sum(clock.stages.values()))
     return {"run_dir": str(layout.run_dir), "report": report, "mlflow_run_id": tracker.run_id,
             "tracking_uri": tracker.tracking_uri, "counts": inferred.counts, "accuracy": summary["accuracy"]}
+
+
+def finish_report(report_json: Path, stages: dict[str, float]) -> None:
+    """Add the report stage's own seconds to report.json (known only after the stage has written it)."""
+    import json
+
+    data = json.loads(report_json.read_text(encoding="utf-8"))
+    data["stages"] = stages
+    write_json(data, report_json)
 
 
 def stage_accuracy(predictions: pd.DataFrame, truth: dict[str, str] | None) -> dict[str, float]:

@@ -45,6 +45,8 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int, max_pixels: 
             if img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]))
             arr = np.asarray(img, dtype=np.uint8)
+    except InputError:
+        raise
     except UnidentifiedImageError as exc:
         raise InputError("not an image: the content is not a format Pillow can read") from exc
     except Image.DecompressionBombError as exc:

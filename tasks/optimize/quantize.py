@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -92,6 +93,20 @@ class FeedReader:
         return next(self._iter, None)
 
 
+@contextlib.contextmanager
+def _cwd(path: str):
+    """Run a library call that writes debug files into the working directory inside ``path`` instead.
+
+    The optimize stage runs alone in its process (no concurrent task depends on the working directory then).
+    """
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
 def quantize_static_model(source: Path, dst: Path, feeds: list[dict[str, np.ndarray]], method: str, settings: dict,
                           op_types: tuple[str, ...] | None, exclude: list[str], percentile: float) -> dict:
     """QDQ int8 weights and activations, activation ranges calibrated on ``feeds``; returns the recipe."""
@@ -101,10 +116,16 @@ def quantize_static_model(source: Path, dst: Path, feeds: list[dict[str, np.ndar
     with tempfile.TemporaryDirectory() as tmp, quiet_quantizer():
         pre = Path(tmp) / "pre.onnx"
         try:
-            quant_pre_process(str(source), str(pre), skip_symbolic_shape=False)
-            prepared, note = pre, "quant_pre_process (shape inference + ORT basic optimization)"
-        except Exception as exc:  # shape inference gives up on some contrib-op graphs; quantize the source as is
-            prepared, note = source, f"quant_pre_process skipped: {type(exc).__name__}: {str(exc)[:200]}"
+            with _cwd(tmp):  # on failure ORT's symbolic shape inference dumps sym_shape_infer_temp.onnx into the CWD
+                quant_pre_process(str(Path(source).resolve()), str(pre), skip_symbolic_shape=False)
+            prepared, note = pre, "quant_pre_process (symbolic shape inference + ORT basic optimization)"
+        except Exception as exc:  # symbolic inference gives up on some contrib-op graphs: ONNX shape inference only
+            try:
+                quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
+                prepared, note = pre, (f"quant_pre_process without symbolic shape inference ({type(exc).__name__}: "
+                                       f"{str(exc)[:120]})")
+            except Exception as again:  # quantize the source as is
+                prepared, note = source, f"quant_pre_process skipped: {type(again).__name__}: {str(again)[:200]}"
         extra = {"CalibPercentile": percentile} if method == "percentile" else {}
         quantize_static(str(prepared), str(dst), FeedReader(feeds), quant_format=QuantFormat.QDQ,
                         activation_type=QuantType.QUInt8, weight_type=QuantType[settings.get("weight_type", "QInt8")],

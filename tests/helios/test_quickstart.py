@@ -22,7 +22,10 @@ def test_helios_run_embedded_default(tmp_path):
     assert {"path", "size_bytes", "content_hash", "status", "error", "label", "confidence", "final_stage"} <= set(predictions)
     assert report["counts"]["files"] == 2000
     assert list(report["stages"]) == ["detect", "prepare", "optimize", "infer", "refine", "review", "report"]
-    assert report["accuracy"]["infer"] > 0.8
+    # The demo is 1/6 clean digits and 5/6 MNIST-C corruptions (fog defeats the source model): refinement must gain.
+    assert report["accuracy"]["infer"] > 0.7
+    assert report["accuracy"]["refine"] >= report["accuracy"]["infer"] + 0.02, report["accuracy"]
+    assert report["refine"]["status"] == "done" and report["refine"]["methods"]["tent"]["touched"] == 2000
     assert (tmp_path / "helios-work" / "mlflow.db").is_file()
     assert "Helios run complete" in result.stdout and "mlflow ui --backend-store-uri" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
