@@ -3,20 +3,55 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from tasks.base import StageConfig
 
+Method = Literal["tta", "bn-adapt", "tent"]
+
 
 class RefineConfig(StageConfig):
-    enabled: bool = True
-    threshold: float = Field(0.9, ge=0, le=1, description="Items below this confidence are refined.")
-    methods: tuple[Literal["tta", "bn-adapt", "tent"], ...] = ("bn-adapt", "tent", "tta")
-    tta_policy: str = "standard"
+    enabled: bool = Field(True, description="false: the stage passes predictions through (compare with/without).")
+    threshold: float = Field(0.9, ge=0, le=1, description="Items below this confidence are routed to refinement.")
+    methods: tuple[Method, ...] = Field(("bn-adapt", "tent", "tta"), description="tent implies bn-adapt statistics.")
+    reinfer: Literal["routed", "all"] = Field(
+        "all", description="Which items the adapted model re-infers: every file (default: under a shift most errors "
+                           "are confident ones), or only the routed ones.")
+    batch_size: int = Field(256, ge=1, description="Items per forward pass (compute only: results do not depend on it).")
+    adapt_max_items: int = Field(2048, ge=1, description="BN-adapt and TENT learn from at most this many items "
+                                 "(a class-mixed sample); every item is still answered.")
+    ttt_min_routed_share: float = Field(0.05, ge=0, le=1, description="TTT adapts a set with at least this share of "
+                                        "items below the threshold ...")
+    ttt_min_shift: float = Field(0.05, ge=0, description="... or whose BN statistics moved at least this much "
+                                 "(symmetric KL, largest layer; clean digits ~0.015, fog ~1).")
+    # TTA
+    tta_policy: str = Field("standard", description="Named view policy: light | standard | wide (images).")
     tta_merge: Literal["mean", "gmean", "max", "tsharpen"] = "mean"
-    tta_adaptive: bool = True
-    tent_steps: int = Field(1, ge=1)
-    tent_lr: float = Field(1e-3, gt=0)
-    tent_batch_size: int = Field(128, ge=1)
-    max_rounds: int = Field(2, ge=1)
+    tta_adaptive: bool = Field(True, description="Augment only items still below the threshold (else every item).")
+    # BN-adapt
+    bn_prior: float = Field(16.0, ge=0, description="Source statistics count as this many target samples.")
+    # TENT
+    tent_lr: float = Field(5e-3, gt=0, description="Adam learning rate on BatchNorm weight and bias.")
+    tent_steps: int = Field(1, ge=1, description="Adam steps per adaptation batch.")
+    tent_batch_size: int = Field(32, ge=1, description="Items per Adam step (gradients accumulate over compute batches).")
+    tent_epochs: int = Field(3, ge=1, description="Passes over the whole (class-mixed) set in the first round.")
+    tent_entropy_limit: float | None = Field(
+        0.4, gt=0, le=1, description="Leave items above this share of ln(classes) out of the loss (EATA/SAR); None: all.")
+    tent_diversity: float = Field(0.0, ge=0, description="Weight of SHOT's diversity term (entropy of the mean "
+                                  "prediction); 0 is plain TENT.")
+    tent_max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping (L2 norm over the BN parameters).")
+    # Safety
+    collapse_ratio: float = Field(0.5, ge=0, le=1, description="Revert when the predicted-class entropy falls below this share.")
+    collapse_min_entropy: float = Field(1e-3, ge=0, description="Revert when mean prediction entropy (nats) falls below.")
+    parity_max_abs_logit_diff: float = Field(1e-3, gt=0, description="Adapted ONNX vs PyTorch gate; failing it reverts.")
+    # Iteration and budget
+    max_rounds: int = Field(2, ge=1, description="Refinement rounds while items stay below the threshold.")
+    max_multiplier: float = Field(40.0, gt=0, description="Compute budget: passes per scanned item over plain inference.")
     seed: int = 0
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct(cls, methods: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"refine.methods={list(methods)} names a method twice: list each of tta, bn-adapt, tent once")
+        return methods

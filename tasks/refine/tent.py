@@ -1,0 +1,95 @@
+"""TENT (Wang et al., ICLR 2021): minimize prediction entropy by updating only BatchNorm's affine parameters.
+
+Imports only torch. Two deliberate departures from the reference implementation, both against its known failure
+modes (collapse on non-i.i.d. streams and on tiny batches):
+
+* BatchNorm normalizes with the running statistics that BN-adapt estimated over the whole target set, not with the
+  statistics of the current batch; a batch's composition (one class, one file) then cannot move the normalization.
+* One Adam step sees ``tent_batch_size`` items however they are chunked for compute: the step's loss is built over
+  all its chunks, so a compute batch of 1 gives the same step as a compute batch of 128.
+
+The caller mixes the items across the whole set before batching, guards against non-finite values (``NonFinite``)
+and checks the adapted model for collapse.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from tasks.refine.bn_adapt import batchnorm_layers
+
+
+class NonFinite(RuntimeError):
+    """A loss or gradient became NaN/Inf: the adaptation must be undone."""
+
+
+def configure_model(model: nn.Module) -> nn.Module:
+    """Eval mode (BN uses its running statistics), gradients only for BN weight and bias."""
+    model.eval()
+    model.requires_grad_(False)
+    for layer in batchnorm_layers(model):
+        if layer.affine:
+            layer.weight.requires_grad_(True)
+            layer.bias.requires_grad_(True)
+    return model
+
+
+def collect_params(model: nn.Module) -> tuple[list[nn.Parameter], list[str]]:
+    """The BN affine parameters TENT updates, with their names (for the report and tests)."""
+    params, names = [], []
+    for module_name, layer in model.named_modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm) and layer.affine:
+            for kind in ("weight", "bias"):
+                params.append(getattr(layer, kind))
+                names.append(f"{module_name}.{kind}")
+    return params, names
+
+
+def softmax_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-item entropy of softmax(logits), in nats."""
+    return -(logits.softmax(1) * logits.log_softmax(1)).sum(1)
+
+
+def forward_and_adapt(model: nn.Module, chunks: list[torch.Tensor], optimizer: torch.optim.Optimizer,
+                      max_grad_norm: float, entropy_limit: float | None = None, diversity: float = 0.0) -> float:
+    """One Adam step on the mean entropy of all items in ``chunks``; returns that mean entropy.
+
+    ``entropy_limit`` (nats) leaves out items above it, as EATA/SAR do: the most uncertain items give the noisiest
+    gradients. ``diversity`` weighs SHOT's information-maximization term, minus the entropy of the step's mean
+    prediction: it rewards spreading predictions over classes, which is what a collapsing TENT stops doing.
+    Raises NonFinite when the loss or a gradient is NaN/Inf (nothing is stepped then).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    logits = torch.cat([model(x) for x in chunks])  # one graph per step: the loss is the same however chunked
+    entropy = softmax_entropy(logits)
+    kept = entropy if entropy_limit is None else entropy[entropy.detach() < entropy_limit]
+    loss = kept.sum() / len(entropy)
+    if diversity:
+        mean = logits.softmax(1).mean(0)
+        loss = loss + diversity * (mean * torch.log(mean + 1e-12)).sum()
+    if not torch.isfinite(loss):
+        raise NonFinite(f"entropy loss is {float(loss.detach())}")
+    if not loss.requires_grad:
+        return float(entropy.detach().mean())
+    loss.backward()
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    if any(not torch.isfinite(p.grad).all() for p in params):
+        raise NonFinite("a BatchNorm gradient is NaN or Inf")
+    if params:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+    return float(entropy.detach().mean())
+
+
+def copy_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dict, dict]:
+    """Deep copies of the model and optimizer state, for ``reset``."""
+    return copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict())
+
+
+def reset(model: nn.Module, optimizer: torch.optim.Optimizer, state: tuple[dict, dict]) -> None:
+    """Undo adaptation: restore the copied model and optimizer state (episodic reset, or revert after a failure)."""
+    model_state, optimizer_state = state
+    model.load_state_dict(model_state, strict=True)
+    optimizer.load_state_dict(optimizer_state)

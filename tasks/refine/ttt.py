@@ -1,0 +1,154 @@
+"""Test-time training over the whole scanned set: BN-adapt, then TENT, each checked and undone if it goes wrong.
+
+Imports torch and numpy only. Adaptation sees every scanned item (never only the unsure ones: the statistics must
+describe the target distribution), in a class-mixed order, and never uses ground truth.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.refine import bn_adapt, safety, tent
+from tasks.refine.config import RefineConfig
+
+
+@dataclass
+class Compute:
+    """Work done by one method, in items: one forward (or backward) pass of one item counts 1."""
+
+    forward: int = 0
+    backward: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: "Compute") -> None:
+        self.forward += other.forward
+        self.backward += other.backward
+        self.seconds += other.seconds
+
+
+@dataclass
+class Adaptation:
+    """The model being adapted and what each step did; ``module`` always holds the last state that passed the guards."""
+
+    module: nn.Module
+    x: torch.Tensor
+    source_labels: np.ndarray
+    n_classes: int
+    fit: np.ndarray | None = None  # indices of the items adaptation learns from (all, or a class-mixed sample)
+    optimizer: torch.optim.Optimizer | None = None
+    kept: list[str] = field(default_factory=list)
+    probs: np.ndarray | None = None  # of the current module over all items
+    shift: float | None = None  # BN statistics shift score of the set (bn_adapt.shift_score)
+    skipped: str | None = None  # why round 1 left the model as it was (no shift)
+    reverted: list[str] = field(default_factory=list)
+
+
+def start_adaptation(module: nn.Module, x: np.ndarray, source_labels: np.ndarray, n_classes: int, max_items: int,
+                     rng: np.random.Generator) -> Adaptation:
+    """Wrap an eval-mode module and the whole set (N, C, H, W float32) for adaptation.
+
+    Adaptation learns from at most ``max_items`` items (a class-mixed sample, so its cost stays bounded on large
+    scans); the guards and the answers cover every item.
+    """
+    module.eval()
+    labels = np.asarray(source_labels)
+    fit = np.sort(safety.mixed_order(labels, rng)[:max_items])
+    return Adaptation(module, torch.from_numpy(np.ascontiguousarray(x)), labels, n_classes, fit)
+
+
+def predict(module: nn.Module, x: torch.Tensor, batch_size: int) -> np.ndarray:
+    """Softmax probabilities (float64) of ``module`` over ``x`` in eval mode."""
+    module.eval()
+    with torch.no_grad():
+        logits = torch.cat([module(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else x
+    return torch.softmax(logits.double(), 1).numpy()
+
+
+def _guard(state: Adaptation, cfg: RefineConfig, method: str, compute: Compute) -> bool:
+    """Predict with the adapted module; on collapse return False (the caller restores the previous state).
+
+    The reference is the model before this method (the source for BN-adapt, BN-adapt for TENT): a source already
+    confused into few classes would otherwise hide a TENT that piles everything into fewer still.
+    """
+    probs = predict(state.module, state.x, cfg.batch_size)
+    compute.forward += len(state.x)
+    reference = state.source_labels if state.probs is None else state.probs.argmax(1)
+    reason = safety.detect_collapse(reference, probs, state.n_classes, cfg.collapse_ratio, cfg.collapse_min_entropy)
+    if reason is not None:
+        state.reverted.append(f"{method}: {reason}; reverted to the previous model")
+        return False
+    state.probs = probs
+    return True
+
+
+def run_bn_adapt(state: Adaptation, cfg: RefineConfig, min_shift: float | None = None) -> Compute:
+    """Replace BN statistics with prior-weighted whole-set statistics (order and batch size do not matter).
+
+    With ``min_shift``, a set whose statistics moved less than that keeps the source statistics (``state.kept``
+    stays without "bn-adapt"; ``state.shift`` says why) and nothing more is computed.
+    """
+    start, compute = time.perf_counter(), Compute()
+    before = bn_adapt.snapshot_statistics(state.module)
+    fit = torch.from_numpy(state.fit)
+    chunks = [state.x[fit[i:i + cfg.batch_size]] for i in range(0, len(fit), cfg.batch_size)]
+    compute.forward += bn_adapt.adapt_statistics(state.module, chunks, cfg.bn_prior)
+    state.shift = bn_adapt.shift_score(before, bn_adapt.snapshot_statistics(state.module))
+    if min_shift is not None and state.shift < min_shift:
+        bn_adapt.restore_statistics(state.module, before)
+    elif _guard(state, cfg, "bn-adapt", compute):
+        state.kept.append("bn-adapt")
+    else:
+        bn_adapt.restore_statistics(state.module, before)
+    compute.seconds = time.perf_counter() - start
+    return compute
+
+
+def run_tent(state: Adaptation, cfg: RefineConfig, epochs: int, rng: np.random.Generator) -> Compute:
+    """``epochs`` passes of TENT over the class-mixed set; NaN/Inf or collapse restores the state before the call."""
+    start, compute = time.perf_counter(), Compute()
+    tent.configure_model(state.module)
+    params, _ = tent.collect_params(state.module)
+    if state.optimizer is None:
+        state.optimizer = torch.optim.Adam(params, lr=cfg.tent_lr, betas=(0.9, 0.999))
+    saved = tent.copy_state(state.module, state.optimizer)
+    limit = None if cfg.tent_entropy_limit is None else cfg.tent_entropy_limit * float(np.log(state.n_classes))
+    try:
+        for _ in range(epochs):
+            order = state.fit[safety.mixed_order(state.source_labels[state.fit], rng)]
+            for step_idx in safety.batches(order, cfg.tent_batch_size):
+                step_idx = torch.from_numpy(step_idx)
+                chunks = [state.x[step_idx[i:i + cfg.batch_size]] for i in range(0, len(step_idx), cfg.batch_size)]
+                for _ in range(cfg.tent_steps):
+                    tent.forward_and_adapt(state.module, chunks, state.optimizer, cfg.tent_max_grad_norm, limit,
+                                           cfg.tent_diversity)
+                    compute.forward += len(step_idx)
+                    compute.backward += len(step_idx)
+        ok = _guard(state, cfg, "tent", compute)
+    except tent.NonFinite as exc:
+        state.reverted.append(f"tent: {exc}; reverted to the previous model")
+        ok = False
+    if ok:
+        if "tent" not in state.kept:
+            state.kept.append("tent")
+    else:
+        tent.reset(state.module, state.optimizer, saved)
+        state.optimizer = None  # a later round starts afresh rather than from a state that diverged
+    state.module.requires_grad_(False)
+    state.module.eval()
+    compute.seconds = time.perf_counter() - start
+    return compute
+
+
+def can_adapt(module: nn.Module | None, input_names: tuple[str, ...]) -> str | None:
+    """Why TTT cannot run on this model (a note for the report), or None."""
+    if module is None:
+        return "TTT skipped: the model has no PyTorch weights (an ONNX file); BN-adapt and TENT need them"
+    if not bn_adapt.has_batchnorm(module):
+        return "TTT skipped: the model has no BatchNorm layers, so BN-adapt and TENT have nothing to adapt"
+    if len(input_names) != 1:
+        return f"TTT skipped: the model takes {len(input_names)} inputs; adaptation supports single-input image models"
+    return None
