@@ -1,6 +1,7 @@
 """Creating ONNX Runtime sessions the same way in every stage, and catching a silent fallback to CPU."""
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,3 +53,18 @@ def open_session(path: Path | str, providers: tuple[str, ...] = ("CPUExecutionPr
             raise ProviderFallback(message)
         log.warning(message)
     return handle
+
+
+def saved_optimized_for(path: Path | str, providers: tuple[str, ...]) -> bool:
+    """True when the recipe beside ``path`` says the graph was optimized offline for exactly these providers.
+
+    Such a file is opened with graph optimization off (no re-optimization at every session start). On other
+    providers (a GPU worker given a CPU-optimized file) ORT optimizes it again: the saved layout is provider-specific.
+    """
+    recipe_path = Path(path).with_suffix(".json")
+    try:
+        recipe = json.loads(recipe_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    graph = recipe.get("graph_optimization") or {}
+    return bool(graph.get("saved_offline")) and list(graph.get("optimized_for_providers") or []) == list(providers)

@@ -15,7 +15,7 @@ import numpy as np
 
 from helios.models import Decoded, ModelAdapter, load_model
 from tasks.infer.model_ref import ModelRef
-from tasks.session import Session, open_session
+from tasks.session import Session, open_session, saved_optimized_for
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,8 @@ def get_engine(ref: ModelRef) -> Engine:
         engine = _ENGINES.get(key)
         if engine is None:
             adapter = load_model(ref.model, max_pixels=ref.max_pixels)
-            session = open_session(ref.onnx_path, ref.providers, ref.intra_op_threads, 1)
+            session = open_session(ref.onnx_path, ref.providers, ref.intra_op_threads, 1,
+                                   optimized=saved_optimized_for(ref.onnx_path, ref.providers))
             names = [o.name for o in session.session.get_outputs()]
             engine = Engine(adapter, session, "logits" if "logits" in names else names[0])
             _ENGINES[key] = engine

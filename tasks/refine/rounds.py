@@ -17,7 +17,7 @@ import numpy as np
 from helios.models.base import ModelAdapter
 from tasks.refine import tta
 from tasks.refine.config import RefineConfig
-from tasks.session import open_session
+from tasks.session import open_session, saved_optimized_for
 
 
 @dataclass
@@ -111,7 +111,8 @@ def refine_arrays(cfg: RefineConfig, x: np.ndarray, label: np.ndarray, confidenc
         summary["status"] = "skipped: " + ("; ".join(summary["notes"]) or "refine.methods is empty")
         return out
     ledger = _Ledger(n, truth)
-    run = _Run(cfg, adapter, x, providers, threads, work_dir, open_session(onnx_path, providers, threads), module,
+    source = open_session(onnx_path, providers, threads, optimized=saved_optimized_for(onnx_path, providers))
+    run = _Run(cfg, adapter, x, providers, threads, work_dir, source, module,
                np.random.default_rng(cfg.seed))
     state = None
     for round_no in range(1, cfg.max_rounds + 1):
