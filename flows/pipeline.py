@@ -87,13 +87,18 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         write_frame(predictions, layout.predictions)
         clock.lap("review")
 
+        per_group = group_accuracy(predictions, truth, groups)
+        if per_group and refine_summary.get("status") == "done":  # the report's per-corruption gain table and figure
+            refine_summary["per_corruption"] = {
+                name: {stage: round(1.0 - acc[stage], 4) for stage in ("infer", "refine") if stage in acc}
+                for name, acc in per_group.items()}
         summary = {
             "hardware": profile.to_dict(), "recommendation": rec.to_dict(), "config": config.model_dump(mode="json"),
             "input": input_root, "labels": labels_csv, "model": {"name": adapter.name, "variant": optimized.selected.name,
                                                                   "parity": prepared.parity},
             "counts": inferred.counts, "stages": clock.stages, "variants": [v.to_dict() for v in optimized.variants],
             "throughput": inferred.throughput, "files_per_s": inferred.files_per_s,
-            "accuracy": stage_accuracy(predictions, truth), "per_group": group_accuracy(predictions, truth, groups),
+            "accuracy": stage_accuracy(predictions, truth), "per_group": per_group,
             "refine": refine_summary, "review": review_summary,
             "mlflow": {"tracking_uri": tracker.tracking_uri, "run_id": tracker.run_id},
             "prefect": {"flow_run_id": str(flow_run.id), "flow_run_url": ui_url},

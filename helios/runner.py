@@ -49,6 +49,8 @@ def quiet_shutdown_noise() -> None:
 
 def run_pipeline(cfg: PipelineConfig, console: Console, fail: Callable[[str, int], None]) -> dict:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect waits 20 s for its temporary server; a busy 2-core machine can need longer (set it yourself to change)
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     quiet_shutdown_noise()
     from flows.pipeline import helios_pipeline
 

@@ -26,6 +26,9 @@ def test_helios_run_embedded_default(tmp_path):
     assert report["accuracy"]["infer"] > 0.7
     assert report["accuracy"]["refine"] >= report["accuracy"]["infer"] + 0.02, report["accuracy"]
     assert report["refine"]["status"] == "done" and report["refine"]["methods"]["tent"]["touched"] == 2000
+    per_corruption = report["refine"]["per_corruption"]
+    assert set(per_corruption) == {"clean", "shot_noise", "motion_blur", "rotate", "translate", "fog"}
+    assert per_corruption["motion_blur"]["refine"] < per_corruption["motion_blur"]["infer"]
     assert (tmp_path / "helios-work" / "mlflow.db").is_file()
     assert "Helios run complete" in result.stdout and "mlflow ui --backend-store-uri" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr

@@ -92,7 +92,8 @@ def test_key_never_reaches_logs_report_config_or_mlflow(fake, make_cfg, corpus, 
             mlflow.set_tag("review.status", summary["status"])
             mlflow.log_dict(summary, "review.json")
     assert summary["reviewed"] >= 3 and summary["rejected_labels"] == 1
-    assert any(h.get("Authorization") == f"Bearer {SECRET}" for h in fake.headers)  # the key was really used
+    sent = [{k.lower(): v for k, v in h.items()} for h in fake.headers]  # header names are case-insensitive
+    assert any(h.get("authorization") == f"Bearer {SECRET}" for h in sent)  # the key was really used
     printed = capfd.readouterr()
     assert SECRET not in caplog.text + printed.out + printed.err
     assert _files_containing(tmp_path, SECRET) == []
