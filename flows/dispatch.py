@@ -45,7 +45,8 @@ def gpu_parameters(cfg: InferConfig, model_ref: ModelRef, manifest_path: str, ru
     return {
         "cfg": cfg.model_copy(update={"pool": "local", "progress": False}).model_dump(mode="json"),
         "model": model_ref.model_copy(update={"providers": providers}).model_dump(mode="json"),
-        "manifest_path": manifest_path, "run_dir": run_dir, "profile": profile,
+        "manifest_path": manifest_path, "run_dir": run_dir,
+        "profile": None,  # the GPU worker is another machine: it detects its own hardware (batch size, GPU metrics)
     }
 
 

@@ -105,9 +105,17 @@ def run_shards(specs: list[ShardSpec], window: int, model: ModelRef, settings: S
 
 
 @flow(name="helios-infer", task_runner=make_task_runner(InferConfig()))
-def infer_flow(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: str, profile: dict) -> InferResult:
-    """Infer every new or changed file of the manifest and write ``run_dir/predictions.parquet``."""
+def infer_flow(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: str,
+               profile: dict | None = None) -> InferResult:
+    """Infer every new or changed file of the manifest and write ``run_dir/predictions.parquet``.
+
+    ``profile`` is the HardwareProfile (as a dict) of the machine this runs on; None: detect it here (a GPU worker).
+    """
     start, run_path = time.perf_counter(), Path(run_dir)
+    if profile is None:
+        from hardware import detect
+
+        profile = detect(io_probe_seconds=0).to_dict()
     manifest, root = read_manifest(manifest_path, columns=["content_hash", "fs_path", "scan_error"])
     index = RunIndex(run_path)
     try:
