@@ -37,11 +37,13 @@ class RefineConfig(StageConfig):
     tent_epochs: int = Field(3, ge=1, description="Passes over the whole (class-mixed) set in the first round.")
     tent_entropy_limit: float | None = Field(
         0.4, gt=0, le=1, description="Leave items above this share of ln(classes) out of the loss (EATA/SAR); None: all.")
-    tent_diversity: float = Field(0.0, ge=0, description="Weight of SHOT's diversity term (entropy of the mean "
-                                  "prediction); 0 is plain TENT.")
+    tent_diversity: float = Field(0.5, ge=0, description="Weight of SHOT's diversity term (entropy of the mean "
+                                  "prediction); 0 is plain TENT. 0.5 was chosen on the dev corruptions.")
     tent_max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping (L2 norm over the BN parameters).")
     # Safety
-    collapse_ratio: float = Field(0.5, ge=0, le=1, description="Revert when the predicted-class entropy falls below this share.")
+    collapse_ratio: float = Field(0.9, ge=0, le=1, description="Revert a method when the entropy of its predicted-class "
+                                  "histogram falls below this share of the model's before it (predictions piling "
+                                  "into few classes).")
     collapse_min_entropy: float = Field(1e-3, ge=0, description="Revert when mean prediction entropy (nats) falls below.")
     parity_max_abs_logit_diff: float = Field(1e-3, gt=0, description="Adapted ONNX vs PyTorch gate; failing it reverts.")
     # Iteration and budget
