@@ -9,7 +9,7 @@ from prefect import flow, get_run_logger
 
 from flows.dispatch import run_infer_stage
 from flows.layout import RunLayout, accuracy, read_truth, resolve_input, write_frame, write_json
-from flows.tracking import Tracker, default_tracking_uri
+from flows.tracking import PendingTracker, Tracker, default_tracking_uri
 from helios.config import PipelineConfig
 from helios.models import load_model
 from tasks.detect.task import detect_stage
@@ -51,14 +51,16 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     log = get_run_logger()
     layout = RunLayout.of(config)
     layout.run_dir.mkdir(parents=True, exist_ok=True)
-    input_root, labels_csv = resolve_input(config, layout)
-    truth, groups = read_truth(labels_csv)
-    write_json(config.model_dump(mode="json"), layout.run_dir / "config.json")
-    adapter = load_model(config.model, config.prepare.allow_pickle, config.infer.max_image_pixels)
     ui_url = flow_run.ui_url if flow_run.ui_url and not flow_run.ui_url.startswith("None") else None  # None: no UI
-    tracker = start_tracking(config, layout, flow_run.id, ui_url)
-    clock = Stopwatch()
+    run_id = flow_run.id  # read here: the runtime context does not follow into the tracking thread
+    tracking = PendingTracker(lambda: start_tracking(config, layout, run_id, ui_url),
+                              background=not config.tracking.mlflow_uri)
     try:
+        input_root, labels_csv = resolve_input(config, layout)
+        truth, groups = read_truth(labels_csv)
+        write_json(config.model_dump(mode="json"), layout.run_dir / "config.json")
+        adapter = load_model(config.model, config.prepare.allow_pickle, config.infer.max_image_pixels)
+        clock = Stopwatch()
         profile, rec = detect_stage(input_root)
         clock.lap("detect")
 
@@ -92,6 +94,7 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
             refine_summary["per_corruption"] = {
                 name: {stage: round(1.0 - acc[stage], 4) for stage in ("infer", "refine") if stage in acc}
                 for name, acc in per_group.items()}
+        tracker = tracking.result()
         summary = {
             "hardware": profile.to_dict(), "recommendation": rec.to_dict(), "config": config.model_dump(mode="json"),
             "input": input_root, "labels": labels_csv, "model": {"name": adapter.name, "variant": optimized.selected.name,
@@ -101,7 +104,7 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
             "accuracy": stage_accuracy(predictions, truth), "per_group": per_group,
             "refine": refine_summary, "review": review_summary,
             "mlflow": {"tracking_uri": tracker.tracking_uri, "run_id": tracker.run_id},
-            "prefect": {"flow_run_id": str(flow_run.id), "flow_run_url": ui_url},
+            "prefect": {"flow_run_id": str(run_id), "flow_run_url": ui_url},
         }
         report = report_stage(config.report, summary, str(layout.run_dir), adapter.labels)
         clock.lap("report")
@@ -110,7 +113,7 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         track_results(tracker, summary, optimized, layout, adapter.name, profile.hardware_class)
         tracker.finish("FINISHED")
     except BaseException:
-        tracker.finish("FAILED")
+        tracking.finish_failed()
         raise
     log.info("Helios run finished: %s files in %.1f s", inferred.counts.get("files"), sum(clock.stages.values()))
     return {"run_dir": str(layout.run_dir), "report": report, "mlflow_run_id": tracker.run_id,

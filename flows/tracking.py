@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
@@ -91,3 +92,29 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:
             self.client.set_terminated(self.run_id, status)
+
+
+class PendingTracker:
+    """A Tracker being started. With ``background`` (the local SQLite store) the start runs in a thread: creating the
+    store's tables takes seconds that then overlap the first stages. A remote server is contacted at once, so a bad
+    URI fails before any work is done."""
+
+    def __init__(self, start: Callable[[], Tracker], background: bool):
+        if background:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-start")
+            self._future = pool.submit(start)
+            pool.shutdown(wait=False)
+        else:
+            self._future = Future()
+            self._future.set_result(start())
+
+    def result(self) -> Tracker:
+        return self._future.result()
+
+    def finish_failed(self) -> None:
+        """Mark the run FAILED if it got started; a start that itself failed leaves nothing to mark."""
+        try:
+            tracker = self._future.result()
+        except Exception:  # noqa: BLE001 - the run's own error is what the user needs to see
+            return
+        tracker.finish("FAILED")
