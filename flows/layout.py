@@ -91,3 +91,31 @@ def write_json(data: dict, path: Path) -> Path:
     tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+def local_root(input_root: str, rels, dest: Path, max_bytes: int) -> str:
+    """A local directory holding the files ``rels`` (paths relative to ``input_root``), for the stages that decode
+    files themselves after the scan (prepare, optimize, refine, review).
+
+    A local root is used as it is (``file://`` stripped). For an fsspec URL, just those files are copied under
+    ``dest``, each once (a rerun reuses the copies); a file that cannot be read is left out, and the stage reading it
+    treats it as unreadable, as it would a local one (the infer stage's error row says why).
+    """
+    from tasks.infer.source import is_remote, read_file
+
+    if not is_remote(input_root):
+        return input_root[len("file://"):] if input_root.startswith("file://") else input_root
+    dest = Path(dest).resolve()
+    for rel in rels:
+        target = (dest / rel).resolve()
+        if not target.is_relative_to(dest) or target.exists():
+            continue
+        try:
+            data = read_file(input_root, rel.encode("utf-8", "surrogateescape"), max_bytes)
+        except (OSError, ValueError):
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(target.name + ".part")
+        part.write_bytes(data)
+        os.replace(part, target)
+    return str(dest)

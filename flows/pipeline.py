@@ -8,7 +8,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from flows.dispatch import run_infer_stage
-from flows.layout import RunLayout, accuracy, read_truth, resolve_input, write_frame, write_json
+from flows.layout import RunLayout, accuracy, local_root, read_truth, resolve_input, write_frame, write_json
 from flows.tracking import PendingTracker, Tracker, default_tracking_uri
 from helios.config import PipelineConfig
 from helios.models import load_model
@@ -35,12 +35,12 @@ class Stopwatch:
         self._t = now
 
 
-def sample_files(manifest_path: Path, input_root: str, n: int) -> list[Path]:
-    """Up to ``n`` files spread evenly over the manifest (folders are often one class each)."""
+def sample_paths(manifest_path: Path, n: int) -> list[str]:
+    """Up to ``n`` files (relative paths) spread evenly over the manifest (folders are often one class each)."""
     manifest = pd.read_parquet(manifest_path, columns=["path", "size_bytes"])
     manifest = manifest[manifest["size_bytes"] > 0]
     step = max(1, len(manifest) // max(n, 1))
-    return [Path(input_root) / p for p in manifest["path"].iloc[::step].head(n)]
+    return manifest["path"].iloc[::step].head(n).tolist()
 
 
 @flow(name="helios-pipeline", log_prints=True)
@@ -65,7 +65,10 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         clock.lap("detect")
 
         scan = scan_stage(input_root, str(layout.run_dir))
-        sample = sample_files(scan.manifest_path, input_root, max(config.optimize.eval_samples, config.prepare.parity_samples))
+        remote_copies = layout.run_dir / "input-copies"  # remote input: the files later stages decode, fetched once
+        rels = sample_paths(scan.manifest_path, max(config.optimize.eval_samples, config.prepare.parity_samples))
+        sample_root = local_root(input_root, rels, remote_copies, config.infer.max_file_bytes)
+        sample = [Path(sample_root) / rel for rel in rels]
         prepared = prepare_stage(config.prepare, adapter, sample, layout.model_dir, rec.providers, rec.intra_op_threads)
         clock.lap("prepare")
 
@@ -78,13 +81,15 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         clock.lap("infer")
 
         predictions = pd.read_parquet(inferred.predictions_path)
-        predictions, refine_summary = refine_stage(config.refine, predictions, Path(input_root), adapter,
+        wanted = predictions.loc[predictions["status"] == "ok", "path"] if config.refine.enabled or config.review.enabled else []
+        files_root = local_root(input_root, wanted, remote_copies, config.infer.max_file_bytes)
+        predictions, refine_summary = refine_stage(config.refine, predictions, Path(files_root), adapter,
                                                    Path(optimized.selected.path), layout.model_dir / "refine",
                                                    tuple(optimized.selected.providers), rec.intra_op_threads, truth)
         write_frame(predictions, layout.predictions)
         clock.lap("refine")
 
-        predictions, review_summary = review_stage(config.review, predictions, input_root, adapter.labels,
+        predictions, review_summary = review_stage(config.review, predictions, files_root, adapter.labels,
                                                    adapter.modality, str(layout.work_dir / "llm-cache"))
         write_frame(predictions, layout.predictions)
         clock.lap("review")
