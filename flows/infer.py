@@ -23,11 +23,13 @@ from tasks.infer.plan import PREDICTIONS, load_reusable, merge_predictions, plan
 from tasks.infer.progress import ShardProgress
 from tasks.infer.result import InferResult
 from tasks.infer.runners import concurrency, make_task_runner, split_threads
-from tasks.infer.scan import read_manifest
-from tasks.infer.shard import ShardOutcome, ShardSettings, ShardSpec, failed_shard_table
+from tasks.infer.scan import read_manifest, system_memory_pool
+from tasks.infer.shard import RESULT_SCHEMA, ShardOutcome, ShardSettings, ShardSpec, failed_shard_table
 from tasks.infer.task import infer_shard_task
 
 __all__ = ["InferResult", "infer_flow", "make_task_runner", "resolve_batch_size"]
+
+RESULT_COLUMNS = [name for name in RESULT_SCHEMA.names if name != "reusable"]  # what the merge reads
 
 
 def resolve_batch_size(cfg: InferConfig, profile: dict) -> int:
@@ -41,9 +43,11 @@ def resolve_batch_size(cfg: InferConfig, profile: dict) -> int:
 
 
 def gather_results(reusable: pa.Table, parts: list[str | pa.Table]) -> pa.Table:
-    """Reused rows plus this run's shard files (and the error tables of failed shards), one row per hash."""
-    tables = [p if isinstance(p, pa.Table) else pq.read_table(p) for p in parts]
-    return pa.concat_tables([reusable, *tables])
+    """Reused rows plus this run's shard files (and the error tables of failed shards), one row per hash, as
+    one contiguous table without the ``reusable`` column: the merge then makes no second copy of it."""
+    tables = [p if isinstance(p, pa.Table) else pq.read_table(p, columns=RESULT_COLUMNS) for p in parts]
+    return pa.concat_tables([reusable.select(RESULT_COLUMNS), *(t.select(RESULT_COLUMNS) for t in tables)]) \
+        .combine_chunks()
 
 
 def count_reused(manifest: pa.Table, done: pa.Array) -> int:
@@ -111,6 +115,11 @@ def infer_flow(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: s
 
     ``profile`` is the HardwareProfile (as a dict) of the machine this runs on; None: detect it here (a GPU worker).
     """
+    with system_memory_pool():  # peak memory follows the live data, not what mimalloc keeps after each phase
+        return _infer(cfg, model, manifest_path, run_dir, profile)
+
+
+def _infer(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: str, profile: dict | None) -> InferResult:
     start, run_path = time.perf_counter(), Path(run_dir)
     if profile is None:
         from hardware import detect
@@ -139,8 +148,10 @@ def infer_flow(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: s
                                               index, metrics, progress)
             metrics.record_files("reused", reused)
             metrics.record_files("error", scan_errors)
-            summary = merge_predictions(manifest_path, gather_results(reusable, tables), run_path / PREDICTIONS)
-            del reusable, tables
+            results = gather_results(reusable, tables)
+            del reusable, tables  # the merge holds the one contiguous copy
+            summary = merge_predictions(manifest_path, results, run_path / PREDICTIONS)
+            del results
             pa.default_memory_pool().release_unused()
     finally:
         index.close()
