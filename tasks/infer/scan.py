@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import ctypes
-import functools
 import os
 import time
 from contextlib import contextmanager
@@ -58,14 +57,13 @@ def atomic_path(path: Path) -> Iterator[Path]:
 ROW_GROUP = 50_000  # readers stream row groups: memory follows this, not the file's length
 
 
-@functools.lru_cache(maxsize=1)
-def _fixed_mmap_threshold() -> None:
-    """glibc: keep serving blocks of 128 KiB and more with mmap, so each goes back to the OS when freed. By default
-    glibc raises that threshold (up to 32 MiB) after the first large free, and the later buffers of a merge then
-    fragment the heap: its RSS grew with every 50,000-row chunk although the live data stayed the same."""
+def _malloc_thresholds(mmap_bytes: int, trim_bytes: int) -> None:
+    """glibc only (elsewhere nothing to tune): set malloc's mmap and trim thresholds."""
     try:
-        ctypes.CDLL(None).mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: nothing to tune
+        libc = ctypes.CDLL(None)
+        libc.mallopt(-3, mmap_bytes)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, trim_bytes)  # M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
         pass
 
 
@@ -77,13 +75,18 @@ def system_memory_pool() -> Iterator[None]:
     phases (plan, merge) peaked higher the more files it had, although the live Arrow data is a few columns per
     file; malloc hands large blocks back to the OS as soon as they are freed.
     """
-    _fixed_mmap_threshold()
     previous = pa.default_memory_pool()
     pa.set_memory_pool(pa.system_memory_pool())
+    # Blocks of 128 KiB and more are mmapped, so each goes back to the OS when freed: glibc's dynamic threshold
+    # otherwise rises after the first large free and the merge's per-chunk buffers then pile up in the heap.
+    _malloc_thresholds(128 * 1024, 256 * 1024)
     try:
         yield
     finally:
         pa.set_memory_pool(previous)
+        # Afterwards, the values glibc's dynamic threshold reaches anyway: with mmap for every large block, torch
+        # (the refine stage) ran twice as slow.
+        _malloc_thresholds(32 * 1024 * 1024, 64 * 1024 * 1024)
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
