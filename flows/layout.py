@@ -93,7 +93,7 @@ def write_json(data: dict, path: Path) -> Path:
     return path
 
 
-def local_root(input_root: str, rels, dest: Path, max_bytes: int) -> str:
+def decodable_root(input_root: str, rels, dest: Path, max_bytes: int) -> str:
     """A local directory holding the files ``rels`` (paths relative to ``input_root``), for the stages that decode
     files themselves after the scan (prepare, optimize, refine, review).
 
@@ -101,10 +101,10 @@ def local_root(input_root: str, rels, dest: Path, max_bytes: int) -> str:
     ``dest``, each once (a rerun reuses the copies); a file that cannot be read is left out, and the stage reading it
     treats it as unreadable, as it would a local one (the infer stage's error row says why).
     """
-    from tasks.infer.source import is_remote, read_file
+    from tasks.infer.source import is_remote, local_root, read_file
 
     if not is_remote(input_root):
-        return input_root[len("file://"):] if input_root.startswith("file://") else input_root
+        return str(local_root(input_root))
     dest = Path(dest).resolve()
     for rel in rels:
         target = (dest / rel).resolve()

@@ -1,6 +1,7 @@
 """The Helios pipeline: detect → prepare → optimize → scan+infer → refine → review → report, one call each."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from flows.dispatch import run_infer_stage
-from flows.layout import RunLayout, accuracy, local_root, read_truth, resolve_input, write_frame, write_json
+from flows.layout import RunLayout, accuracy, decodable_root, read_truth, resolve_input, write_frame, write_json
 from flows.tracking import PendingTracker, Tracker, default_tracking_uri
 from helios.config import PipelineConfig
 from helios.models import load_model
@@ -67,7 +68,7 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         scan = scan_stage(input_root, str(layout.run_dir))
         remote_copies = layout.run_dir / "input-copies"  # remote input: the files later stages decode, fetched once
         rels = sample_paths(scan.manifest_path, max(config.optimize.eval_samples, config.prepare.parity_samples))
-        sample_root = local_root(input_root, rels, remote_copies, config.infer.max_file_bytes)
+        sample_root = decodable_root(input_root, rels, remote_copies, config.infer.max_file_bytes)
         sample = [Path(sample_root) / rel for rel in rels]
         prepared = prepare_stage(config.prepare, adapter, sample, layout.model_dir, rec.providers, rec.intra_op_threads)
         clock.lap("prepare")
@@ -81,8 +82,9 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         clock.lap("infer")
 
         predictions = pd.read_parquet(inferred.predictions_path)
-        wanted = predictions.loc[predictions["status"] == "ok", "path"] if config.refine.enabled or config.review.enabled else []
-        files_root = local_root(input_root, wanted, remote_copies, config.infer.max_file_bytes)
+        decoded_later = config.refine.enabled or config.review.enabled
+        wanted = predictions.loc[predictions["status"] == "ok", "path"] if decoded_later else []
+        files_root = decodable_root(input_root, wanted, remote_copies, config.infer.max_file_bytes)
         predictions, refine_summary = refine_stage(config.refine, predictions, Path(files_root), adapter,
                                                    Path(optimized.selected.path), layout.model_dir / "refine",
                                                    tuple(optimized.selected.providers), rec.intra_op_threads, truth)
@@ -127,8 +129,6 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
 
 def finish_report(report_json: Path, stages: dict[str, float]) -> None:
     """Add the report stage's own seconds to report.json (known only after the stage has written it)."""
-    import json
-
     data = json.loads(report_json.read_text(encoding="utf-8"))
     data["stages"] = stages
     write_json(data, report_json)
