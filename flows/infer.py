@@ -22,7 +22,7 @@ from tasks.infer.model_ref import ModelRef
 from tasks.infer.plan import PREDICTIONS, load_reusable, merge_predictions, plan_todo, write_shards
 from tasks.infer.progress import ShardProgress
 from tasks.infer.result import InferResult
-from tasks.infer.runners import concurrency, make_task_runner, split_threads
+from tasks.infer.runners import concurrency, make_task_runner, runs_per_process, split_threads
 from tasks.infer.scan import read_manifest, system_memory_pool
 from tasks.infer.shard import RESULT_SCHEMA, ShardOutcome, ShardSettings, ShardSpec, failed_shard_table
 from tasks.infer.task import infer_shard_task
@@ -140,7 +140,8 @@ def _infer(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: str, 
                               manifest.num_rows, todo, len(specs), reused, scan_errors)
         del manifest  # the merge streams it again from disk
         pa.default_memory_pool().release_unused()
-        settings = ShardSettings(resolve_batch_size(cfg, profile), cfg.prefetch_batches, cfg.max_file_bytes)
+        settings = ShardSettings(resolve_batch_size(cfg, profile), cfg.prefetch_batches, cfg.max_file_bytes,
+                                 runs_per_process(cfg))
         with serve_metrics(cfg.metrics_port, cfg.pushgateway, bool(profile.get("gpus")), {"run": run_path.name}) \
                 as metrics, ShardProgress(todo, cfg.progress) as progress:
             with share_api_with_workers(cfg.runner):

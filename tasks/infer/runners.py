@@ -37,6 +37,15 @@ def split_threads(cfg: InferConfig, model: ModelRef) -> ModelRef:
     return model if threads == model.intra_op_threads else model.model_copy(update={"intra_op_threads": threads})
 
 
+def runs_per_process(cfg: InferConfig) -> int:
+    """ONNX Runtime runs in flight at once in one process, and inference threads per shard.
+
+    Locally the shards share one process: as many runs as shards in flight, so a shard left alone (the last of a
+    run) keeps every core busy. Ray and Dask workers are processes of their own, one shard each: one run.
+    """
+    return concurrency(cfg) if cfg.runner == "local" else 1
+
+
 def make_task_runner(cfg: InferConfig):
     """The Prefect task runner for ``cfg.runner``; ``cfg.runner_address`` joins an existing cluster."""
     if cfg.runner == "local":

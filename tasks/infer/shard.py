@@ -2,6 +2,11 @@
 
 The bounded queue between the two is the backpressure: at most ``prefetch_batches`` collated batches wait in
 memory, however large the shard. Results are keyed by content hash and written atomically to a fixed-name file.
+
+``ShardSettings.runners`` threads take batches off the queue; the engine lets at most that many ONNX Runtime runs
+proceed at once in the process, whichever shards they come from. With one-thread sessions and runners = cores,
+every core stays busy even when one shard is left (the last shard of a run), without oversubscribing them while
+several shards run.
 """
 from __future__ import annotations
 
@@ -51,6 +56,7 @@ class ShardSettings:
     batch_size: int
     prefetch_batches: int = 8
     max_file_bytes: int = 64 * 1024 * 1024
+    runners: int = 1  # inference threads per shard, and runs in flight per process
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,35 @@ def _produce(spec, fs_paths, hashes, engine, settings, rows, q, stop) -> None:
         _put(q, exc, stop)
 
 
+def _consume(q: queue.Queue, engine: Engine, rows: _Rows, stats: list, slots: threading.Semaphore,
+             stop: threading.Event, failures: list) -> None:
+    """Inference thread: run batches off the queue until the producer's end mark (passed on to the others)."""
+    try:
+        while not stop.is_set():
+            try:
+                item = q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if item is _DONE:
+                q.put(_DONE)  # the slot it left is free: the other runners see the end mark too
+                return
+            if isinstance(item, BaseException):
+                raise item
+            idxs, feeds = item
+            depth = q.qsize()
+            with slots:
+                t = time.perf_counter()
+                logits = engine.predict(feeds)
+                seconds = time.perf_counter() - t
+            scored = engine.adapter.postprocess(logits)
+            rows.label_idx[idxs] = scored.label_idx
+            rows.confidence[idxs] = scored.confidence
+            stats.append((len(idxs), seconds, depth))
+    except BaseException as exc:  # re-raised in the task by infer_shard
+        failures.append(exc)
+        stop.set()
+
+
 def infer_shard(spec: ShardSpec, ref: ModelRef, settings: ShardSettings) -> ShardOutcome:
     """Run one shard end to end and write its results durably to ``spec.out_path``."""
     start = time.perf_counter()
@@ -163,32 +198,34 @@ def infer_shard(spec: ShardSpec, ref: ModelRef, settings: ShardSettings) -> Shar
     q: queue.Queue = queue.Queue(maxsize=settings.prefetch_batches)
     stop = threading.Event()
     producer = threading.Thread(target=_produce, args=(spec, fs_paths, hashes, engine, settings, rows, q, stop),
-                                daemon=True,
-                                name=f"prefetch-{spec.shard_id}")
+                                daemon=True, name=f"prefetch-{spec.shard_id}")
+    stats: list[tuple[int, float, int]] = []
+    failures: list[BaseException] = []
+    slots = engine.slots(settings.runners)
+    runners = [threading.Thread(target=_consume, args=(q, engine, rows, stats, slots, stop, failures), daemon=True,
+                                name=f"infer-{spec.shard_id}-{k}") for k in range(max(1, settings.runners) - 1)]
     producer.start()
-    sizes, seconds, depths = [], [], []
+    for runner in runners:
+        runner.start()
     try:
-        while (item := q.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            idxs, feeds = item
-            depths.append(q.qsize())
-            t = time.perf_counter()
-            scored = engine.adapter.postprocess(engine.predict(feeds))
-            seconds.append(time.perf_counter() - t)
-            sizes.append(len(idxs))
-            rows.label_idx[idxs] = scored.label_idx
-            rows.confidence[idxs] = scored.confidence
+        _consume(q, engine, rows, stats, slots, stop, failures)  # this thread is one of the runners
+        for runner in runners:
+            runner.join()
     finally:
         stop.set()
         producer.join()
+        for runner in runners:
+            runner.join()
+    if failures:
+        raise failures[0]
     table = result_table(hashes, rows, engine.adapter.labels)
     write_parquet_atomic(table, Path(spec.out_path))
     n_err = sum(e is not None for e in rows.error)
+    sizes, seconds, depths = (tuple(col) for col in zip(*stats)) if stats else ((), (), ())
     return ShardOutcome(
         spec.shard_id, spec.out_path, len(hashes), len(hashes) - n_err, n_err,
         sum(f is not None for f in rows.flag), time.perf_counter() - start, engine.batch_size(settings.batch_size),
-        tuple(sizes), tuple(seconds), tuple(depths), os.getpid(), loaded,
+        sizes, seconds, depths, os.getpid(), loaded,
     )
 
 

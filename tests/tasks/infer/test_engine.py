@@ -71,6 +71,53 @@ def test_text_batches_are_bucketed_by_length(tmp_path, minilm_ref):
     assert outcome.ok == 40 and sum(outcome.batch_sizes) == 40
 
 
+def _digit_shard(tmp_path, mnist_ref, n=60):
+    from PIL import Image
+
+    root = tmp_path / "in"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8), mode="L").save(root / f"{i:03d}.png")
+    (root / "broken.png").write_bytes(b"not a png")
+    scan = scan_input(str(root), tmp_path / "run")
+    manifest, src = read_manifest(scan.manifest_path)
+    [spec] = plan_shards(manifest, src, set(), mnist_ref.identity, 1000, tmp_path / "run")
+    return spec
+
+
+def test_several_runners_share_a_shard_and_give_the_same_rows(tmp_path, mnist_ref):
+    import pyarrow.parquet as pq
+
+    spec = _digit_shard(tmp_path, mnist_ref)
+    one = infer_shard(spec, mnist_ref, ShardSettings(batch_size=4, runners=1))
+    first = pq.read_table(spec.out_path).sort_by("content_hash")
+    three = infer_shard(spec, mnist_ref, ShardSettings(batch_size=4, runners=3))
+    again = pq.read_table(spec.out_path).sort_by("content_hash")
+    assert (one.ok, one.error) == (three.ok, three.error) == (60, 1)
+    assert sum(three.batch_sizes) == 60 and len(three.batch_seconds) == len(three.batch_sizes)
+    assert again.column("label").to_pylist() == first.column("label").to_pylist()
+    np.testing.assert_allclose(again.column("confidence").to_numpy(zero_copy_only=False),
+                               first.column("confidence").to_numpy(zero_copy_only=False), rtol=1e-5)
+
+
+class FailingEngine(Engine):
+    def run(self, feeds):
+        raise ValueError("simulated engine failure")
+
+
+def test_a_failing_runner_fails_the_shard_and_stops_the_others(tmp_path, mnist_ref, monkeypatch):
+    import pytest
+
+    import tasks.infer.shard as shard
+
+    spec = _digit_shard(tmp_path, mnist_ref)
+    real = get_engine(mnist_ref)
+    monkeypatch.setattr(shard, "get_engine", lambda ref: FailingEngine(real.adapter, real.session))
+    with pytest.raises(ValueError, match="simulated engine failure"):
+        infer_shard(spec, mnist_ref, ShardSettings(batch_size=4, runners=3))
+
+
 def test_stage_cores_do_not_import_prefect():
     modules = ["tasks.infer.source", "tasks.infer.scan", "tasks.infer.shard", "tasks.infer.engine",
                "tasks.infer.plan", "tasks.infer.index", "tasks.infer.model_ref", "tasks.infer.result"]
