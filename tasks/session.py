@@ -27,6 +27,16 @@ class Session:
         return self.session.run(None, feeds)
 
 
+# ORT's SkipLayerNormalization CPU kernel is slower than the Add + LayerNormalization it replaces: measured on a
+# 2-core AVX2 CPU, minilm int8 ran 12 % faster (fp32 7 %) with the fusion off. CUDA keeps it (one fused kernel).
+CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+
+
+def disabled_optimizers(providers) -> list[str]:
+    """ORT graph optimizers to switch off for these providers (see CPU_DISABLED_OPTIMIZERS)."""
+    return [] if "CUDAExecutionProvider" in providers else list(CPU_DISABLED_OPTIMIZERS)
+
+
 def open_session(path: Path | str, providers: tuple[str, ...] = ("CPUExecutionProvider",), intra_op_threads: int = 0,
                  inter_op_threads: int = 1, on_fallback: str = "warn", optimized: bool = False) -> Session:
     """An InferenceSession on ``providers`` (in order); ``on_fallback='fail'`` raises ProviderFallback.
@@ -44,7 +54,8 @@ def open_session(path: Path | str, providers: tuple[str, ...] = ("CPUExecutionPr
     )
     available = set(ort.get_available_providers())
     requested = tuple(p for p in providers if p in available) or ("CPUExecutionProvider",)
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=list(requested))
+    sess = ort.InferenceSession(str(path), sess_options=opts, providers=list(requested),
+                                disabled_optimizers=None if optimized else disabled_optimizers(requested))
     handle = Session(sess, tuple(providers), tuple(sess.get_providers()))
     if handle.fell_back:
         message = (f"ONNX Runtime gave {list(handle.actual)} for requested {list(providers)}: "

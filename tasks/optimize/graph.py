@@ -1,6 +1,7 @@
 """Graph-level variants: transformer fusions and fp16. Each is ``source path -> variant path`` plus a recipe dict.
 
-Transformer fusions (Attention, EmbedLayerNormalization, SkipLayerNormalization, BiasGelu) come from ONNX Runtime's
+Transformer fusions (Attention, EmbedLayerNormalization, BiasGelu, and SkipLayerNormalization for CUDA only — on
+CPU ORT's kernel for it is slower than Add + LayerNormalization, see ``tasks.session``) come from ONNX Runtime's
 transformer optimizer, which matches the graph that eager attention exports to. Recent transformers export
 scaled-dot-product attention as a pattern the optimizer does not recognise (0 Attention fused), so when the torch
 module is at hand the fused variant is exported again with eager attention — same weights, same math — and fused
@@ -65,15 +66,22 @@ def export_eager(adapter: ModelAdapter, path: Path, opset: int) -> bool:
     return True
 
 
-def fuse_transformer(adapter: ModelAdapter, source: Path, dst: Path, spec: TransformerSpec, opset: int) -> dict:
-    """Write the fused model to ``dst``; return its recipe (which graph was fused, and what was fused)."""
+def fuse_transformer(adapter: ModelAdapter, source: Path, dst: Path, spec: TransformerSpec, opset: int,
+                     skip_layer_norm: bool = True) -> dict:
+    """Write the fused model to ``dst``; return its recipe (which graph was fused, and what was fused).
+
+    ``skip_layer_norm=False`` leaves residual Add + LayerNormalization unfused (faster on CPU)."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions(spec.model_type)
+    options.enable_skip_layer_norm = options.enable_bias_skip_layer_norm = skip_layer_norm
 
     eager = dst.with_name(dst.stem + ".eager.onnx")
     from_eager = export_eager(adapter, eager, opset)
     graph = eager if from_eager else source
     model = optimize_model(str(graph), model_type=spec.model_type, num_heads=spec.num_heads,
-                           hidden_size=spec.hidden_size, opt_level=0)
+                           hidden_size=spec.hidden_size, opt_level=0, optimization_options=options)
     model.save_model_to_file(str(dst))
     if from_eager:
         eager.unlink()
@@ -82,6 +90,7 @@ def fuse_transformer(adapter: ModelAdapter, source: Path, dst: Path, spec: Trans
         log.warning("transformer optimizer fused no attention in %s (%s)", graph.name, fused)
     return {"fusion": {"tool": "onnxruntime.transformers.optimizer", "model_type": spec.model_type,
                        "num_heads": spec.num_heads, "hidden_size": spec.hidden_size, "opt_level": 0,
+                       "skip_layer_norm": skip_layer_norm,
                        "fused_operators": fused,
                        "graph": "re-exported with eager attention" if from_eager else "the prepared ONNX file"}}
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.session import ProviderFallback, Session, open_session
+from tasks.session import ProviderFallback, Session, disabled_optimizers, open_session
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ def save_optimized(src: Path, dst: Path, providers: tuple[str, ...], threads: in
     available = set(ort.get_available_providers())
     spec = [(p, CUDA_OPTIONS) if p == CUDA_EP else p for p in providers if p in available] or ["CPUExecutionProvider"]
     try:
-        ort.InferenceSession(str(src), sess_options=opts, providers=spec)
+        ort.InferenceSession(str(src), sess_options=opts, providers=spec,
+                             disabled_optimizers=disabled_optimizers(providers))
     except ort_errors() as exc:
         raise RuntimeError(f"ONNX Runtime could not optimize {src} for {spec}: {exc}") from exc
     return dst

@@ -69,7 +69,8 @@ def build_variant(name: str, adapter: ModelAdapter, source: Path, fused: Path | 
                                                  "rebuild on other hardware; open with optimization disabled"}}
         offline = True
     elif name == "fp32-fused":
-        recipe = fuse_transformer(adapter, source, dst, transformer_spec(adapter), source_opset(source))
+        recipe = fuse_transformer(adapter, source, dst, transformer_spec(adapter), source_opset(source),
+                                  skip_layer_norm=CUDA_EP in recommendation.providers)
     elif name == "fp16":
         recipe = convert_fp16(base, dst)
     elif name == "int8-dynamic":
