@@ -8,6 +8,10 @@ Inputs are real: MNIST digits from the demo corpus, and for minilm paragraphs of
 shipped with CPython (``pydoc_data.topics``: real prose with real lengths, nothing downloaded). Every contender
 sees the same items in the same order (text sorted by length, as the infer stage buckets it) at its best batch
 size; rounds are interleaved and the best round is kept, which damps noise from other processes. Not a test.
+
+Rows marked ``2x1`` run two one-thread runs at once from two Python threads (each on half the items): the way the
+infer stage uses the cores (see ``tasks.infer.shard``). PyTorch gets the same treatment, so both sides are
+compared at their best.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import platform
 import re
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +65,28 @@ def best_time(fn, times: dict, cpu: dict, key: str) -> None:
     fn()
     times[key] = min(times.get(key, float("inf")), time.perf_counter() - t)
     cpu[key] = min(cpu.get(key, float("inf")), time.process_time() - c)
+
+
+def two_by_one(fn, feeds, set_threads=None):
+    """Run ``fn`` over ``feeds`` split between two Python threads, one intra-op thread each; outputs in order."""
+    def run():
+        parts: list = [None, None]
+
+        def work(k):
+            parts[k] = fn(feeds[k::2])
+        if set_threads:
+            set_threads(1)
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if set_threads:
+            set_threads(2)
+        merged = [None] * len(feeds)  # back into feed order, so quality compares like with like
+        merged[0::2], merged[1::2] = parts[0], parts[1]
+        return [np.concatenate(p) for p in zip(*merged)]
+    return run
 
 
 def main() -> None:
@@ -110,15 +137,20 @@ def main() -> None:
     def batches(size):
         return [adapter.collate(items[i:i + size]) for i in range(0, len(items), size)]
 
-    def torch_run(feeds):
+    def torch_parts(feeds):
         with torch.inference_mode():
             outs = [module(*(torch.from_numpy(f[k]) for k in adapter.input_names)) for f in feeds]
-        outs = [o if isinstance(o, tuple) else (o,) for o in outs]
-        return [np.concatenate([o[j].numpy() for o in outs]) for j in range(len(outs[0]))]
+        return [tuple(t.numpy() for t in (o if isinstance(o, tuple) else (o,))) for o in outs]
+
+    def torch_run(feeds):
+        return [np.concatenate(p) for p in zip(*torch_parts(feeds))]
 
     contenders = {}
     for b in batch_sizes:
         contenders[f"pytorch-fp32 b{b}"] = (lambda feeds=batches(b): torch_run(feeds), b)
+    if threads == 2:
+        contenders[f"pytorch-fp32 b{batch_sizes[0]} 2x1"] = (
+            two_by_one(torch_parts, batches(batch_sizes[0]), torch.set_num_threads), batch_sizes[0])
     if text:
         from sentence_transformers import SentenceTransformer
 
@@ -138,6 +170,11 @@ def main() -> None:
         for b in sorted({1, v.best_batch}):  # the stage's best batch, and batch 1 (no padding at all)
             contenders[f"{v.name} b{b}"] = (
                 lambda r=runner, feeds=batches(b): [np.concatenate(p) for p in zip(*(r.run(f) for f in feeds))], b)
+        if threads == 2 and v.name == result.selected.name:
+            single = open_runner(v.path, rec.providers, 1, optimized=v.name == "fp32")
+            for b in sorted({1, v.best_batch}):
+                contenders[f"{v.name} b{b} 2x1"] = (
+                    two_by_one(lambda fs, r=single: [r.run(f) for f in fs], batches(b)), b)
 
     outputs, times, cpu = {}, {}, {}
     for name, (fn, _) in contenders.items():
@@ -172,7 +209,7 @@ def main() -> None:
             quality = f"{cos.mean():.4f} / {cos.min():.4f}"
         else:
             quality = f"{(got[0].argmax(1) == ref[0].argmax(1)).mean():.2%}"
-        variant = name.rsplit(" ", 1)[0]
+        variant = name.split(" ")[0]
         size = f"{sizes[variant] / 2**20:8.1f}" if variant in sizes else f"{'':8s}"
         mark = "  <- selected" if name == f"{result.selected.name} b{result.selected.best_batch}" else ""
         print(f"{row}  {quality:>20s} {size}{mark}")
