@@ -67,22 +67,25 @@ def best_time(fn, times: dict, cpu: dict, key: str) -> None:
     cpu[key] = min(cpu.get(key, float("inf")), time.process_time() - c)
 
 
-def two_by_one(fn, feeds, set_threads=None):
-    """Run ``fn`` over ``feeds`` split between two Python threads, one intra-op thread each; outputs in order."""
+def two_by_one(fn, feeds, torch_module=None):
+    """Run ``fn`` over ``feeds`` split between two Python threads, one intra-op thread each; outputs in order.
+
+    ``torch_module``: for PyTorch, whose intra-op thread count is process-wide (set to 1 for the run)."""
     def run():
         parts: list = [None, None]
 
         def work(k):
             parts[k] = fn(feeds[k::2])
-        if set_threads:
-            set_threads(1)
+        previous = torch_module.get_num_threads() if torch_module else None
+        if torch_module:
+            torch_module.set_num_threads(1)
         threads = [threading.Thread(target=work, args=(k,)) for k in range(2)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        if set_threads:
-            set_threads(2)
+        if torch_module:
+            torch_module.set_num_threads(previous)
         merged = [None] * len(feeds)  # back into feed order, so quality compares like with like
         merged[0::2], merged[1::2] = parts[0], parts[1]
         return [np.concatenate(p) for p in zip(*merged)]
@@ -150,7 +153,7 @@ def main() -> None:
         contenders[f"pytorch-fp32 b{b}"] = (lambda feeds=batches(b): torch_run(feeds), b)
     if threads == 2:
         contenders[f"pytorch-fp32 b{batch_sizes[0]} 2x1"] = (
-            two_by_one(torch_parts, batches(batch_sizes[0]), torch.set_num_threads), batch_sizes[0])
+            two_by_one(torch_parts, batches(batch_sizes[0]), torch), batch_sizes[0])
     if text:
         from sentence_transformers import SentenceTransformer
 

@@ -30,11 +30,12 @@ class Session:
 # ORT's SkipLayerNormalization CPU kernel is slower than the Add + LayerNormalization it replaces: measured on a
 # 2-core AVX2 CPU, minilm int8 ran 12 % faster (fp32 7 %) with the fusion off. CUDA keeps it (one fused kernel).
 CPU_DISABLED_OPTIMIZERS = ("SkipLayerNormFusion",)
+CUDA_EP = "CUDAExecutionProvider"
 
 
 def disabled_optimizers(providers) -> list[str]:
     """ORT graph optimizers to switch off for these providers (see CPU_DISABLED_OPTIMIZERS)."""
-    return [] if "CUDAExecutionProvider" in providers else list(CPU_DISABLED_OPTIMIZERS)
+    return [] if CUDA_EP in providers else list(CPU_DISABLED_OPTIMIZERS)
 
 
 def open_session(path: Path | str, providers: tuple[str, ...] = ("CPUExecutionProvider",), intra_op_threads: int = 0,

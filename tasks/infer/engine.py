@@ -15,7 +15,7 @@ import numpy as np
 
 from helios.models import Decoded, ModelAdapter, load_model
 from tasks.infer.model_ref import ModelRef
-from tasks.session import Session, open_session, saved_optimized_for
+from tasks.session import CUDA_EP, Session, open_session, saved_optimized_for
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Engine:
             for s in range(0, len(items), size):
                 yield idxs[s:s + size], self.adapter.collate(items[s:s + size])
             return
-        max_tokens = None if "CUDAExecutionProvider" in self.session.actual else CPU_MAX_BATCH_TOKENS
+        max_tokens = None if CUDA_EP in self.session.actual else CPU_MAX_BATCH_TOKENS
         yield from bucket_texts(unpadded_tokenizer(self.adapter), idxs, [d.value for d in items], size,
                                 max_tokens=max_tokens)
 
@@ -118,7 +118,9 @@ def bucket_texts(tokenizer, idxs: list[int], texts: list[str], size: int, tokens
     encodings = tokenizer.encode_batch(texts)
     lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
     order = np.argsort(lengths, kind="stable")
-    budget, s = min(size * tokens_per_row, max_tokens or size * tokens_per_row), 0
+    budget, s = size * tokens_per_row, 0
+    if max_tokens is not None:
+        budget = min(budget, max_tokens)
     while s < len(order):
         width = int(lengths[order[s]])
         e = s

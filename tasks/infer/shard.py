@@ -209,9 +209,7 @@ def infer_shard(spec: ShardSpec, ref: ModelRef, settings: ShardSettings) -> Shar
         runner.start()
     try:
         _consume(q, engine, rows, stats, slots, stop, failures)  # this thread is one of the runners
-        for runner in runners:
-            runner.join()
-    finally:
+    finally:  # the other runners finish the batch they hold: stop is checked before taking the next one
         stop.set()
         producer.join()
         for runner in runners:

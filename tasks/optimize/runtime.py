@@ -11,11 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.session import ProviderFallback, Session, disabled_optimizers, open_session
+from tasks.session import CUDA_EP, ProviderFallback, Session, disabled_optimizers, open_session
 
 log = logging.getLogger(__name__)
 
-CUDA_EP = "CUDAExecutionProvider"
 # HEURISTIC conv search starts fast (EXHAUSTIVE benchmarks every conv at the first run of each shape);
 # kSameAsRequested keeps the arena from doubling past what the model needs; copies in the default stream
 # keep IO-bound inputs ordered with the compute without extra synchronisation.
