@@ -60,6 +60,9 @@ def register_champion(result: OptimizeResult, model_name: str, hardware_class: s
 
     mlflow.set_tracking_uri(tracking_uri)  # Model.log resolves the store from the global URI
     client = MlflowClient(tracking_uri)
+    # MLflow 3 files the LoggedModel under the *active* experiment, not the run's: without this it went to the
+    # Default experiment, with its artifacts in ./mlruns of whatever directory the command ran in.
+    mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
     selected = result.selected
     registered = registry_name(model_name)
     info = mlflow.onnx.log_model(

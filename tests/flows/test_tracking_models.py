@@ -93,3 +93,15 @@ def test_model_logged_with_the_onnx_flavor_loads_back(store, tmp_path):
     mlflow.set_tracking_uri(uri)
     loaded = mlflow.onnx.load_model(f"models:/{info['registered_model']}@champion")
     assert [o.name for o in loaded.graph.output] == ["logits"]
+
+
+def test_logged_model_is_filed_under_the_runs_experiment_not_the_working_directory(store, tmp_path, monkeypatch):
+    uri, client, exp = store
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    info = register_champion(result(tmp_path / "a", 100.0), "mnist-cnn", "cpu-avx2-2c", parent(client, exp), uri)
+    model_id = info["model_uri"].removeprefix("models:/")
+    assert client.get_logged_model(model_id).experiment_id == exp
+    assert list(cwd.iterdir()) == []  # MLflow 3 put it in ./mlruns under the Default experiment before
+    assert (tmp_path / "artifacts").is_dir()
