@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from helios.errors import UsageError
 
@@ -18,7 +19,7 @@ err = Console(stderr=True)
 
 
 def fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # "[cat,dog]" is not markup
     raise typer.Exit(code)
 
 
@@ -85,19 +86,39 @@ def demo_data(kind: str = typer.Option("mnist", "--kind", help="mnist | text"),
 
 
 @app.command()
-def optimize(model: str = typer.Option("mnist-cnn", "--model"),
-             sample: Optional[Path] = typer.Option(None, "--sample", help="Directory of your own files to calibrate on."),
-             out_dir: Path = typer.Option(..., "--out")) -> None:
-    """Export, build the optimized variants, evaluate them and pick one; writes OUT/optimize.json."""
+def optimize(
+    model: Optional[str] = typer.Option(None, "--model", help="mnist-cnn, minilm, a .onnx file, a HF dir, module:factory (default: the config's, else mnist-cnn)."),
+    sample: Optional[Path] = typer.Option(None, "--sample", help="Directory of your own files to evaluate and calibrate on (default: the demo corpus)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="CSV with path,label for the sample files: adds accuracy per variant."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML, TOML or JSON config file (model, prepare, optimize, tracking sections)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a setting, e.g. optimize.calibration=entropy (repeatable)."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory for the variants and optimize.json."),
+) -> None:
+    """Export, build the optimized variants, evaluate them and pick one; writes OUT/optimize.json and tracks it in MLflow."""
+    from helios.config import load_config
+    from helios.runner import _user_errors
+
     if sample is not None and not sample.is_dir():
         fail(f"sample directory {sample} does not exist: pass a directory of input files to --sample")
-    from tasks.optimize.cli import run_optimize
-
+    if labels is not None and sample is None:
+        fail("--labels needs --sample: the labels name files of your sample (the demo sample brings its own)")
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"--out {out_dir} is a file: pass a directory for the variants")
     try:
-        result = run_optimize(model, sample, out_dir)
+        cfg = load_config(config, set_, {"model.name": model, "labels": str(labels) if labels else None})
+        from helios.optimize_command import run_optimize_command
+
+        result, champion = run_optimize_command(cfg, sample, out_dir)
     except UsageError as exc:
         fail(str(exc))
+    except _user_errors() as exc:  # a failed parity gate, a provider fallback with on_provider_fallback=fail
+        fail(str(exc), 1)
     out.print(f"selected [bold]{result.selected.name}[/] ({result.selected.reason}); table in {result.table_path}")
+    if champion:
+        promoted = "promoted to champion" if champion["promoted"] else "not promoted"
+        out.print(f"MLflow: run {champion['run_id']} in {champion['tracking_uri']}; registered "
+                  f"{champion['registered_model']} version {champion['version']}, {promoted} "
+                  f"({champion['comparison']['why']})")
 
 
 @app.command()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from helios.errors import UsageError
 from tasks.base import StageConfig
@@ -31,6 +31,14 @@ class ModelConfig(StageConfig):
     )
     image_size: tuple[int, int] | None = Field(None, description="(height, width) for user image models.")
     channels: int | None = Field(None, description="1 or 3 input channels for user image models.")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_text(cls, value: Any) -> Any:
+        """``--set model.labels=[0,1,2]`` parses as numbers; class names are text."""
+        if isinstance(value, (list, tuple)):
+            return tuple(v if isinstance(v, str) else str(v) for v in value)
+        return value
 
 
 class DemoConfig(StageConfig):

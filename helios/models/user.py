@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,16 @@ import numpy as np
 from helios.errors import UsageError
 from helios.models.base import Decoded, ModelAdapter
 from helios.models.mnist_cnn import decode_image
+
+
+def import_factory(spec: str):
+    """``module:factory`` -> the callable. The working directory is searched too (as ``python -m`` and uvicorn
+    do), so ``helios run --model mynet:build`` finds ./mynet.py from the installed ``helios`` command."""
+    module_name, _, attr = spec.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)  # after the installed packages: a local file never shadows a library
+    return getattr(importlib.import_module(module_name), attr)
 
 
 @dataclass
@@ -29,11 +41,11 @@ class ImageClassifier(ModelAdapter):
             return None
         import torch
 
-        module_name, _, attr = self.factory.partition(":")
         try:
-            net = getattr(importlib.import_module(module_name), attr)()
+            net = import_factory(self.factory)()
         except (ImportError, AttributeError) as exc:
-            raise UsageError(f"model {self.factory!r} cannot be built ({exc}): give an importable module:factory") from exc
+            raise UsageError(f"model {self.factory!r} cannot be built ({exc}): give module:factory of a module in "
+                             "the working directory or on PYTHONPATH") from exc
         if self.checkpoint is not None:
             try:
                 state = torch.load(self.checkpoint, weights_only=not self.allow_pickle, map_location="cpu")

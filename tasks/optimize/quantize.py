@@ -120,11 +120,12 @@ def quantize_static_model(source: Path, dst: Path, feeds: list[dict[str, np.ndar
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    source = Path(source).resolve()  # before the chdir below: a relative path would resolve in the temp dir
     with tempfile.TemporaryDirectory() as tmp, quiet_quantizer():
         pre = Path(tmp) / "pre.onnx"
         try:
             with _cwd(tmp):  # on failure ORT's symbolic shape inference dumps sym_shape_infer_temp.onnx into the CWD
-                quant_pre_process(str(Path(source).resolve()), str(pre), skip_symbolic_shape=False)
+                quant_pre_process(str(source), str(pre), skip_symbolic_shape=False)
             prepared, note = pre, "quant_pre_process (symbolic shape inference + ORT basic optimization)"
         except Exception as exc:  # symbolic inference gives up on some contrib-op graphs: ONNX shape inference only
             try:

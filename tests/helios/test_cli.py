@@ -23,6 +23,10 @@ def helios(*args, cwd=None, timeout=120):
     (["run", "--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),
     (["demo-data", "--kind", "audio", "--out", "x"], "unknown demo kind 'audio'"),
     (["demo-data", "--corrupt", "lava", "--out", "x"], "unknown corruption(s) lava"),
+    (["run", "--model", "mynet:build"], "--set 'model.labels=[cat,dog]'"),  # brackets printed, not taken as markup
+    (["optimize", "--out", "o", "--sample", "/no/such"], "sample directory /no/such does not exist"),
+    (["optimize", "--out", "o", "--labels", "l.csv"], "--labels needs --sample"),
+    (["optimize", "--out", "o", "--set", "optimize.calibration=median"], "optimize.calibration='median' is not allowed"),
 ])
 def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, args, fragment):
     result = helios(*args, cwd=tmp_path)
@@ -52,3 +56,60 @@ def test_demo_data_writes_files_and_labels(tmp_path):
     lines = (tmp_path / "d" / "labels.csv").read_text().splitlines()
     assert len(pngs) == 30 and len(lines) == 31 and lines[0] == "path,label,corruption"
     assert {p.parent.name for p in pngs} == {"clean", "fog", "rotate"}
+
+
+FAST_OPTIMIZE = ["--set", "optimize.eval_samples=64", "--set", "optimize.calibration_samples=32",
+                 "--set", "optimize.latency_runs=5", "--set", "optimize.rounds=1", "--set", "optimize.batch_sizes=[1,32]"]
+
+
+def test_optimize_takes_the_config_and_tracks_in_mlflow(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    result = helios("optimize", "--model", "mnist-cnn", "--out", "opt", "--set", "optimize.variants=[fp32,int8-static]",
+                    "--set", "optimize.calibration=entropy", *FAST_OPTIMIZE, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    table = json.loads((tmp_path / "opt" / "optimize.json").read_text())
+    assert [v["name"] for v in table["variants"]] == ["fp32", "int8-static"]
+    assert all(v["accuracy"] is not None for v in table["variants"])  # the demo sample brings its labels
+    recipe = json.loads((tmp_path / "opt" / "int8-static.json").read_text())["quantization"]
+    assert recipe["calibration"]["method"] == "Entropy" and recipe["pre_process"].startswith("quant_pre_process (")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("helios").experiment_id
+    runs = client.search_runs([exp])
+    parent = next(r for r in runs if r.data.tags.get("helios.command") == "optimize")
+    nested = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert {r.data.tags["helios.variant"] for r in nested} == {"fp32", "int8-static"}
+    assert parent.data.params["config.optimize.calibration"] == "entropy" and parent.info.status == "FINISHED"
+    champion = client.get_model_version_by_alias("mnist-cnn", "champion")
+    assert champion.tags["helios.variant"] == table["selected"]
+    assert f"run {parent.info.run_id}" in result.stdout and not (tmp_path / "mlruns").exists()
+
+
+def test_optimize_on_own_sample_with_labels_and_tracking_off(tmp_path):
+    made = helios("demo-data", "--kind", "mnist", "--n", "64", "--out", "d", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    result = helios("optimize", "--sample", "d/files", "--labels", "d/labels.csv", "--out", "opt",
+                    "--set", "optimize.variants=[fp32]", "--set", "tracking.enabled=false", *FAST_OPTIMIZE,
+                    cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    fp32 = json.loads((tmp_path / "opt" / "optimize.json").read_text())["variants"][0]
+    assert fp32["accuracy"] > 0.9 and not (tmp_path / "mlflow.db").exists()
+
+
+def test_optimize_stops_on_a_failed_parity_gate_with_one_line(tmp_path):
+    (tmp_path / "drifting.py").write_text(
+        "import torch\n"
+        "from helios.models.mnist_cnn import build_network\n"
+        "class Drift(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__(); torch.manual_seed(0); self.net = build_network()\n"
+        "    def forward(self, x):\n"
+        "        out = self.net(x)\n"
+        "        return out + 0.5 if torch.onnx.is_in_onnx_export() else out\n"
+        "def build():\n"
+        "    return Drift()\n")
+    result = helios("optimize", "--model", "drifting:build", "--set", "model.labels=[0,1,2,3,4,5,6,7,8,9]",
+                    "--set", "tracking.enabled=false", "--out", "opt", *FAST_OPTIMIZE, cwd=tmp_path, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert "max |Δlogit| 0.5 > prepare.max_abs_logit_diff=0.001" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -28,6 +28,11 @@ def test_cli_flags_sit_between_file_and_set(tmp_path):
     assert cfg.out == "from-set" and cfg.labels is None
 
 
+def test_numeric_class_names_from_set_become_text():
+    cfg = load_config(None, ["model.labels=[0,1,cat]"])
+    assert cfg.model.labels == ("0", "1", "cat")
+
+
 @pytest.mark.parametrize("override, fragment", [
     (["infer.bogus=1"], "unknown setting 'infer.bogus'"),
     (["refine.tta_merge=median"], "refine.tta_merge='median' is not allowed: expected 'mean', 'gmean', 'max' or 'tsharpen'"),

@@ -94,3 +94,17 @@ def test_user_onnx_file_reads_shape_and_labels(tmp_path):
     assert (adapter.channels, adapter.size) == (3, (8, 8))
     feeds = adapter.collate([adapter.preprocess(png(np.zeros((20, 20, 3), np.uint8)))])
     assert feeds["x"].shape == (1, 3, 8, 8)
+
+
+def test_factory_module_is_found_in_the_working_directory(tmp_path, monkeypatch):
+    """The installed ``helios`` script does not put the working directory on sys.path; the factory import does."""
+    import sys
+
+    from helios.models.user import import_factory
+
+    (tmp_path / "my_local_net.py").write_text("def build():\n    return 'built'\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert import_factory("my_local_net:build")() == "built"
+    assert sys.path[-1] == str(tmp_path)  # appended: installed packages keep precedence
+    sys.modules.pop("my_local_net", None)

@@ -1,5 +1,6 @@
 """Quality of the quantized variants, fusion of a real (tiny) transformer, and the sensitivity retry."""
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -29,6 +30,21 @@ def test_static_int8_calibrated_on_real_digits_keeps_top1(mnist, digits, avx2, t
     assert static.size_bytes < 0.4 * prepared.onnx_path.stat().st_size
     ops = {n.op_type for n in onnx.load(str(static.path)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+
+
+def test_static_quantizer_takes_a_relative_model_path(mnist, digits, tmp_path, monkeypatch):
+    """The quantizer pre-processes in a temp working directory: a relative path must not resolve there."""
+    from tasks.optimize.quantize import quantize_static_model
+
+    adapter, prepared = mnist
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.onnx").write_bytes(prepared.onnx_path.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    feeds = [adapter.collate([adapter.preprocess(p.read_bytes()) for p in digits[0][:16]])]
+    recipe = quantize_static_model(Path("m/model.onnx"), Path("m/int8.onnx"), feeds, "minmax",
+                                   {"per_channel": True}, None, [], 99.999)
+    assert recipe["quantization"]["pre_process"].startswith("quant_pre_process (symbolic shape inference")
+    assert (tmp_path / "m" / "int8.onnx").is_file()
 
 
 def test_transformer_is_fused_then_quantized_within_the_cosine_budget(tiny_bert, texts, avx2, tmp_path):
