@@ -31,6 +31,19 @@ class ModelConfig(StageConfig):
     )
     image_size: tuple[int, int] | None = Field(None, description="(height, width) for user image models.")
     channels: int | None = Field(None, description="1 or 3 input channels for user image models.")
+    mean: tuple[float, ...] | None = Field(
+        None, description="User image models: per-channel mean subtracted after scaling pixels to [0, 1], "
+                          "e.g. ImageNet [0.485, 0.456, 0.406]; one value for every channel, or one per channel.")
+    std: tuple[float, ...] | None = Field(
+        None, description="User image models: per-channel std the centred pixels are divided by, e.g. ImageNet "
+                          "[0.229, 0.224, 0.225]; default 1.")
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        if value is not None and (not value or any(v <= 0 for v in value)):
+            raise ValueError(f"std {list(value)} must be positive numbers, e.g. [0.229, 0.224, 0.225]")
+        return value
 
     @field_validator("labels", mode="before")
     @classmethod

@@ -30,7 +30,7 @@ def load_model(cfg, allow_pickle: bool = False, max_pixels: int = 50_000_000) ->
             raise UsageError(f"model file {path} does not exist: pass an existing .onnx file")
         from helios.models.user import load_onnx_classifier
 
-        return load_onnx_classifier(path, cfg.labels, cfg.image_size, cfg.channels, max_pixels)
+        return load_onnx_classifier(path, cfg.labels, cfg.image_size, cfg.channels, max_pixels, cfg.mean, cfg.std)
     if path.is_dir() and (path / "config.json").is_file():
         from helios.models.minilm import load_sentence_model
 
@@ -41,7 +41,8 @@ def load_model(cfg, allow_pickle: bool = False, max_pixels: int = 50_000_000) ->
     if _FACTORY.match(name):
         from helios.models.user import load_torch_classifier
 
-        return load_torch_classifier(name, cfg.checkpoint, cfg.labels, cfg.image_size, cfg.channels, allow_pickle, max_pixels)
+        return load_torch_classifier(name, cfg.checkpoint, cfg.labels, cfg.image_size, cfg.channels, allow_pickle, max_pixels,
+                                     cfg.mean, cfg.std)
     raise UsageError(
         f"unknown model {name!r}: use a built-in name ({', '.join(BUILT_IN)}), a .onnx file, "
         "a Hugging Face model directory, or module:factory with model.checkpoint"

@@ -27,7 +27,8 @@ def import_factory(spec: str):
 
 @dataclass
 class ImageClassifier(ModelAdapter):
-    """Images resized to ``size``, scaled to [0, 1], as NCHW float32 under ``input_names[0]``."""
+    """Images resized to ``size``, scaled to [0, 1] (then ``(x - mean) / std`` when set), as NCHW float32 under
+    ``input_names[0]``."""
 
     size: tuple[int, int] = (28, 28)
     channels: int = 1
@@ -35,6 +36,8 @@ class ImageClassifier(ModelAdapter):
     checkpoint: Path | None = None
     allow_pickle: bool = False
     max_pixels: int = 50_000_000
+    mean: tuple[float, ...] | None = None  # per channel, on the [0, 1] scale (model.mean / model.std)
+    std: tuple[float, ...] | None = None
 
     def torch_module(self):
         if self.factory is None:
@@ -67,7 +70,23 @@ class ImageClassifier(ModelAdapter):
         return Decoded(decode_image(data, self.size, self.channels, self.max_pixels))
 
     def collate(self, items: list[Decoded]) -> dict[str, np.ndarray]:
-        return {self.input_names[0]: np.stack([d.value for d in items]).astype(np.float32) / 255.0}
+        x = np.stack([d.value for d in items]).astype(np.float32) / 255.0
+        if self.mean is not None or self.std is not None:
+            shape = (1, -1, 1, 1)  # broadcast over N, H, W
+            mean = np.asarray(self.mean or (0.0,), np.float32).reshape(shape)
+            std = np.asarray(self.std or (1.0,), np.float32).reshape(shape)
+            x = (x - mean) / std
+        return {self.input_names[0]: x}
+
+
+def _per_channel(values, what: str, channels: int) -> tuple[float, ...] | None:
+    """``model.mean`` / ``model.std`` hold one value for all channels or one per channel."""
+    if values is None:
+        return None
+    if len(values) not in (1, channels):
+        allowed = "1 value" if channels == 1 else f"1 or {channels} values"
+        raise UsageError(f"{what} has {len(values)} values but the model takes {channels} channel(s): give {allowed}")
+    return tuple(float(v) for v in values)
 
 
 def _require(value, what: str, example: str):
@@ -76,7 +95,8 @@ def _require(value, what: str, example: str):
     return value
 
 
-def load_onnx_classifier(path: Path, labels, size=None, channels=None, max_pixels=50_000_000) -> ImageClassifier:
+def load_onnx_classifier(path: Path, labels, size=None, channels=None, max_pixels=50_000_000, mean=None,
+                         std=None) -> ImageClassifier:
     """Read input name and shape from the ONNX file; labels come from config (or class_0..N-1 from the output width)."""
     import onnx
     from google.protobuf.message import DecodeError
@@ -100,11 +120,12 @@ def load_onnx_classifier(path: Path, labels, size=None, channels=None, max_pixel
         name=path.stem, modality="image", task="classifier", labels=labels, input_names=(inp.name,),
         output_names=(model.graph.output[0].name,), onnx_path=path, size=size, channels=channels,
         recipe={"model": str(path), "onnx_sha256": digest}, max_pixels=max_pixels,
+        mean=_per_channel(mean, "model.mean", channels), std=_per_channel(std, "model.std", channels),
     )
 
 
 def load_torch_classifier(factory: str, checkpoint: str | None, labels, size, channels, allow_pickle: bool,
-                          max_pixels=50_000_000) -> ImageClassifier:
+                          max_pixels=50_000_000, mean=None, std=None) -> ImageClassifier:
     labels = _require(labels, "model.labels", "'model.labels=[cat,dog]'")
     ckpt = Path(checkpoint) if checkpoint else None
     if ckpt is not None and not ckpt.is_file():
@@ -114,4 +135,5 @@ def load_torch_classifier(factory: str, checkpoint: str | None, labels, size, ch
         name=factory.replace(":", "."), modality="image", task="classifier", labels=tuple(labels), input_names=("image",),
         size=tuple(size or (28, 28)), channels=channels or 1, factory=factory, checkpoint=ckpt, allow_pickle=allow_pickle,
         recipe={"model": factory, "checkpoint_sha256": digest}, max_pixels=max_pixels,
+        mean=_per_channel(mean, "model.mean", channels or 1), std=_per_channel(std, "model.std", channels or 1),
     )

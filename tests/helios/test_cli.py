@@ -23,6 +23,7 @@ def helios(*args, cwd=None, timeout=120):
     (["run", "--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),
     (["demo-data", "--kind", "audio", "--out", "x"], "unknown demo kind 'audio'"),
     (["demo-data", "--corrupt", "lava", "--out", "x"], "unknown corruption(s) lava"),
+    (["run", "--set", "model.std=[0]"], "std [0.0] must be positive numbers"),
     (["run", "--model", "mynet:build"], "--set 'model.labels=[cat,dog]'"),  # brackets printed, not taken as markup
     (["optimize", "--out", "o", "--sample", "/no/such"], "sample directory /no/such does not exist"),
     (["optimize", "--out", "o", "--labels", "l.csv"], "--labels needs --sample"),

@@ -108,3 +108,22 @@ def test_factory_module_is_found_in_the_working_directory(tmp_path, monkeypatch)
     assert import_factory("my_local_net:build")() == "built"
     assert sys.path[-1] == str(tmp_path)  # appended: installed packages keep precedence
     sys.modules.pop("my_local_net", None)
+
+
+def test_user_image_model_inputs_are_normalized_with_model_mean_and_std(tmp_path):
+    import torch
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4)).eval()
+    path = tmp_path / "rgb.onnx"
+    torch.onnx.export(net, (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "b"}, "y": {0: "b"}})
+    image = png(np.full((8, 8, 3), (255, 0, 51), np.uint8))
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    adapter = load_model(ModelConfig(name=str(path), mean=mean, std=std))
+    x = adapter.collate([adapter.preprocess(image)])["x"]
+    expected = (np.array([1.0, 0.0, 0.2]) - np.array(mean)) / np.array(std)
+    assert np.allclose(x[0, :, 0, 0], expected, atol=1e-5) and np.allclose(x[0, :, 7, 7], expected, atol=1e-5)
+    plain = load_model(ModelConfig(name=str(path))).collate([adapter.preprocess(image)])["x"]
+    assert np.allclose(plain[0, :, 0, 0], [1.0, 0.0, 0.2], atol=1e-5)  # without them: [0, 1] as before
+    with pytest.raises(UsageError, match="model.mean has 2 values but the model takes 3 channel"):
+        load_model(ModelConfig(name=str(path), mean=(0.5, 0.5)))
