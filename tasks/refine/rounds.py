@@ -36,6 +36,15 @@ class _Ledger:
 
     def __init__(self, n: int, truth: np.ndarray | None):
         self.n, self.truth, self.methods = n, truth, {}
+        self._touched: dict[str, np.ndarray] = {}  # per adapting method: every item it re-inferred, over all rounds
+        self.checks: dict[str, dict] = {}  # compute spent deciding what to run (not a method: answers no item)
+
+    def charge(self, check: str, compute) -> None:
+        """Count a check's passes in the compute budget and the reported multiplier."""
+        c = self.checks.setdefault(check, {"forward_passes": 0, "seconds": 0.0})
+        c["forward_passes"] += int(compute.forward)
+        c["seconds"] = round(c["seconds"] + compute.seconds, 3)
+        c["multiplier"] = round(c["forward_passes"] / max(self.n, 1), 3)
 
     def accuracy(self, labels: np.ndarray) -> float | None:
         if self.truth is None or not (self.truth >= 0).any():
@@ -46,7 +55,12 @@ class _Ledger:
     def record(self, method: str, touched: np.ndarray, before: np.ndarray, after: np.ndarray, compute) -> None:
         m = self.methods.setdefault(method, {"touched": 0, "changed": 0, "accuracy_before": self.accuracy(before),
                                              "forward_passes": 0, "backward_passes": 0, "seconds": 0.0})
-        m["touched"] = int(max(m["touched"], touched.sum())) if method != "tta" else m["touched"] + int(touched.sum())
+        if method == "tta":  # augmentations: an item augmented again with a newer model counts again
+            m["touched"] += int(touched.sum())
+        else:
+            seen = self._touched.setdefault(method, np.zeros(self.n, dtype=bool))
+            seen |= touched
+            m["touched"] = int(seen.sum())
         m["changed"] += int((before[touched] != after[touched]).sum())
         m["accuracy_after"] = self.accuracy(after)
         m["forward_passes"] += int(compute.forward)
@@ -56,7 +70,7 @@ class _Ledger:
         m["multiplier"] = round((m["forward_passes"] + 2 * m["backward_passes"]) / max(self.n, 1), 3)
 
     def spent(self) -> float:
-        return sum(m["multiplier"] for m in self.methods.values())
+        return sum(m["multiplier"] for m in [*self.methods.values(), *self.checks.values()])
 
 
 @dataclass
@@ -90,8 +104,31 @@ def refine_arrays(cfg: RefineConfig, x: np.ndarray, label: np.ndarray, confidenc
     """Refine items given as a model-ready batch ``x`` with the infer stage's label indices and confidences.
 
     ``truth`` (label indices, -1 unknown) is used only for the accuracy figures of the report. ``plan`` is
-    ``plan_methods``'s answer when the caller already asked (it loads the torch module).
+    ``plan_methods``'s answer when the caller already asked (it loads the torch module). When the model can be
+    adapted, a set that mixes files like the training data with strongly shifted ones is refined as two sets
+    (``tasks.refine.mixture``); any other set as one.
     """
+    n = len(label)
+    if n and plan is None:
+        plan = plan_methods(cfg, adapter)
+    ledger = _Ledger(n, truth)
+    if n and plan.ttt_reason is None:
+        from tasks.refine import mixture
+
+        shifted, facts = mixture.check(cfg, plan, x, threads, ledger)
+        if shifted is not None:
+            return mixture.refine_groups(cfg, x, label, confidence, adapter, onnx_path, work_dir, providers, threads,
+                                         plan, ledger, shifted, facts)
+        out = refine_set(cfg, x, label, confidence, adapter, onnx_path, work_dir, providers, threads, plan, ledger)
+        out.summary["mixture"] = facts
+        return out
+    return refine_set(cfg, x, label, confidence, adapter, onnx_path, work_dir, providers, threads, plan, ledger)
+
+
+def refine_set(cfg: RefineConfig, x: np.ndarray, label: np.ndarray, confidence: np.ndarray, adapter: ModelAdapter,
+               onnx_path: Path, work_dir: Path, providers: tuple[str, ...], threads: int, plan: "Plan | None",
+               ledger: "_Ledger") -> Outcome:
+    """Refine one set (the rounds below); the ledger keeps the report's per-method figures."""
     n = len(label)
     source_label = np.asarray(label).copy()
     out = Outcome(source_label.copy(), np.asarray(confidence, dtype=np.float64).copy(), method=np.full(n, "", dtype=object))
@@ -99,8 +136,6 @@ def refine_arrays(cfg: RefineConfig, x: np.ndarray, label: np.ndarray, confidenc
     summary = {"status": "done", "routed": int(routed.sum()), "threshold": cfg.threshold, "rounds": 0,
                "methods": {}, "reverted": [], "notes": []}
     out.summary = summary
-    if n and plan is None:
-        plan = plan_methods(cfg, adapter)
     if plan is not None:
         summary["notes"] += plan.notes
     if n == 0 or (not routed.any() and plan.ttt_reason is not None):
@@ -110,7 +145,6 @@ def refine_arrays(cfg: RefineConfig, x: np.ndarray, label: np.ndarray, confidenc
     if policy is None and ttt_reason is not None:
         summary["status"] = "skipped: " + ("; ".join(summary["notes"]) or "refine.methods is empty")
         return out
-    ledger = _Ledger(n, truth)
     source = open_session(onnx_path, providers, threads, optimized=saved_optimized_for(onnx_path, providers))
     run = _Run(cfg, adapter, x, providers, threads, work_dir, source, module,
                np.random.default_rng(cfg.seed))

@@ -80,8 +80,10 @@ def test_text_models_are_skipped_before_reading_files(scan, tmp_path):
 
 
 def test_rounds_stop_at_the_compute_budget(scan, tmp_path):
-    _, summary = refine(scan, tmp_path, methods=("bn-adapt", "tent"), max_multiplier=0.5, threshold=1.0)
+    # the mixture check's pass (1.0) counts: a budget of 1.5 is spent by round 1
+    _, summary = refine(scan, tmp_path, methods=("bn-adapt", "tent"), max_multiplier=1.5, threshold=1.0)
     assert summary["rounds"] == 1 and any("compute budget" in n for n in summary["notes"])
+    assert summary["mixture"]["multiplier"] == 1.0 and not summary["mixture"]["split"]
 
 
 def test_a_confident_but_shifted_set_is_still_adapted(scan, tmp_path):

@@ -1,0 +1,119 @@
+"""Mixed sets: find the files that look shifted when a scan mixes them with files like the training data.
+
+BN-adapt and TENT assume one target distribution. A scan that holds both clean and shifted files (a folder of good
+photos plus a batch from a foggy camera) adapts to statistics between the two, which helps the shifted files less
+and hurts the clean ones (MNIST, 150 clean + 150 fog: clean error 1.3 % -> 28 %). So before adapting, each item's
+own statistics at the input of the first ``LAYERS`` BatchNorm layers (per-channel spatial mean and log variance,
+relative to the source statistics) are split into two groups with 2-means. The set counts as a mixture only when the
+groups differ clearly: one group's pooled statistics stay close to the source (BN shift over all BN layers below
+``refine.ttt_min_shift``) and the other's moved at least ``MIN_GAP`` times as far and ``MIN_HIGH`` times that
+bound. The refine stage then refines each group as a set of its own (``rounds.refine_arrays``), with its own gates:
+clean files are left alone, shifted ones adapt to their own statistics. On MNIST this separates clean digits from
+fog, brightness, stripe, impulse noise or canny edges with 99-100 % of the files placed right, and never splits a
+set of one corruption (the 15 MNIST-C test and 9 dev corruptions, seeds 0-2).
+
+Imports torch and numpy only.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from tasks.refine import bn_adapt
+
+LAYERS = 2  # the first BatchNorm layers: closest to the pixels, where acquisition shifts show
+MIN_GAP = 8.0  # the shifted group's pooled shift must be at least this many times the other's ...
+MIN_HIGH = 2.0  # ... and at least this many times refine.ttt_min_shift: only a clear, strong shift splits a set
+MIN_SHARE = 0.1  # each group holds at least this share of the items (and MIN_ITEMS): no splitting off outliers
+MIN_ITEMS = 32
+
+
+def item_moments(module: nn.Module, x: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per item and channel, the spatial mean and variance at the input of every BN layer (one forward pass)."""
+    layers = [m for m in bn_adapt.batchnorm_layers(module) if m.running_mean is not None]
+    parts: list[list] = [[] for _ in layers]
+
+    def hook_for(k):
+        def hook(_module, inputs):
+            a = inputs[0].detach().double()
+            dims = tuple(range(2, a.dim()))
+            parts[k].append((a.mean(dims), a.var(dims, unbiased=False)) if dims else (a, torch.zeros_like(a)))
+        return hook
+
+    handles = [layer.register_forward_pre_hook(hook_for(k)) for k, layer in enumerate(layers)]
+    module.eval()
+    try:
+        with torch.no_grad():
+            for i in range(0, len(x), batch_size):
+                module(x[i:i + batch_size])
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [(torch.cat([m for m, _ in p]), torch.cat([v for _, v in p])) for p in parts]
+
+
+def _features(moments, sources) -> np.ndarray:
+    """Per item: mean squared standardized channel-mean shift and mean log variance ratio, for each layer."""
+    cols = []
+    for (m, v), (mu, var) in zip(moments, sources):
+        var = var.double() + 1e-5
+        cols.append((((m - mu.double()) ** 2) / var).mean(1))
+        cols.append(torch.log((v + 1e-5) / var).mean(1))
+    return torch.stack(cols, 1).numpy()
+
+
+def _two_means(f: np.ndarray, iterations: int = 50) -> np.ndarray:
+    """Boolean assignment to the second of two clusters (features standardized; seeded at the extremes of the first
+    principal direction, so the result is deterministic)."""
+    z = (f - f.mean(0)) / (f.std(0) + 1e-9)
+    _, _, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
+    proj = z @ vt[0]
+    centers = np.stack([z[proj.argmin()], z[proj.argmax()]])
+    assign = np.zeros(len(z), dtype=bool)
+    for _ in range(iterations):
+        new = ((z - centers[1]) ** 2).sum(1) < ((z - centers[0]) ** 2).sum(1)
+        if new.all() or not new.any():
+            return new
+        centers = np.stack([z[~new].mean(0), z[new].mean(0)])
+        if (new == assign).all():
+            break
+        assign = new
+    return assign
+
+
+def _pooled_shift(moments, sources, members: np.ndarray) -> float:
+    """BN shift score (``bn_adapt.shift_score``) of the group's pooled statistics against the source."""
+    pooled = []
+    for m, v in moments:
+        mm, vv = m[members], v[members]
+        mean = mm.mean(0)
+        pooled.append((mean, vv.mean(0) + ((mm - mean) ** 2).mean(0)))
+    return bn_adapt.shift_score(sources, pooled)
+
+
+def shifted_group(module: nn.Module, x: torch.Tensor, batch_size: int, min_shift: float) -> tuple[np.ndarray | None, dict]:
+    """(mask of the shifted items, facts) when the set is a clear mixture; (None, facts) when it is one distribution.
+
+    The groups are found, and the shifted one measured, on the first ``LAYERS`` BN layers; the other group must look
+    like the source at *every* BN layer (a blur can show only deeper in the network). Costs one forward pass.
+    """
+    sources = [(m.running_mean, m.running_var) for m in bn_adapt.batchnorm_layers(module) if m.running_mean is not None]
+    n = len(x)
+    if not sources or n < 2 * MIN_ITEMS:
+        return None, {"split": False, "why": "too few items to look for a mixture", "forward_passes": 0}
+    moments = item_moments(module, x, batch_size)
+    facts = {"forward_passes": n}
+    group = _two_means(_features(moments[:LAYERS], sources[:LAYERS]))
+    small = min(group.sum(), (~group).sum())
+    if small < max(MIN_ITEMS, MIN_SHARE * n):
+        return None, {**facts, "split": False,
+                      "why": f"no second group of at least {max(MIN_ITEMS, int(MIN_SHARE * n))} items"}
+    near = [_pooled_shift(moments[:LAYERS], sources[:LAYERS], g) for g in (~group, group)]
+    shifted = group if near[1] > near[0] else ~group
+    high = max(near)  # how far the shifted group moved where acquisition shifts show
+    low = _pooled_shift(moments, sources, ~shifted)  # the other group must look like the source at every layer
+    facts["group_shifts"] = [round(low, 4), round(high, 4)]
+    if not (low < min_shift and high >= MIN_HIGH * min_shift and high >= MIN_GAP * max(low, 1e-9)):
+        return None, {**facts, "split": False, "why": "one distribution: the groups do not differ clearly"}
+    return shifted, {**facts, "split": True, "shifted": int(shifted.sum()), "like_source": int((~shifted).sum())}
