@@ -164,6 +164,10 @@ def _refine(report: dict, images: dict) -> str:
         return _skipped(reason)
     methods = [{"method": m, **stats} for m, stats in (refine.get("methods") or {}).items()]
     parts = [table([scalars(refine)]), "<h3>Per method</h3>", table(methods), _img("refine_gains", images)]
+    mixture = refine.get("mixture") or {}
+    if mixture.get("split"):  # a mixed set, refined as two sets
+        groups = [{"group": g, **stats} for g, stats in (mixture.get("groups") or {}).items()]
+        parts += ["<h3>Mixed set: refined as two groups</h3>", table([scalars(mixture)]), table(groups)]
     if refine.get("per_corruption"):
         rows = [{"corruption": c, **rates} for c, rates in refine["per_corruption"].items()]
         parts += ["<h3>Error rate per corruption</h3>", table(rows), _img("refine_per_corruption", images)]

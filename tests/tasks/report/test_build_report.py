@@ -119,3 +119,16 @@ def test_failed_variants_and_unbuilt_stages_are_shown_plainly(summary, run_dir):
     assert "skipped: no API key in $OPENROUTER_API_KEY" in html
     assert "prefect.flow_run_url" in html  # keys the report has no section for are listed under Run
     assert len(list(csv.DictReader(files.variants_csv.open()))) == 4
+
+
+def test_a_mixed_set_shows_both_groups(summary, run_dir):
+    mixed = {**summary, "refine": {**summary["refine"], "mixture": {
+        "split": True, "shifted": 2, "like_source": 4, "group_shifts": [0.02, 2.6], "multiplier": 1.0,
+        "groups": {"like-source": {"items": 4, "status": "done", "rounds": 1, "accuracy_before": 0.99,
+                                   "accuracy_after": 0.99},
+                   "shifted": {"items": 2, "status": "done", "rounds": 2, "accuracy_before": 0.13,
+                               "accuracy_after": 0.63}}}}}
+    html = build_report(ReportConfig(), mixed, run_dir).html.read_text(encoding="utf-8")
+    assert "Mixed set: refined as two groups" in html and "like-source" in html and "0.63" in html
+    plain = build_report(ReportConfig(), summary, run_dir).html.read_text(encoding="utf-8")
+    assert "Mixed set" not in plain
