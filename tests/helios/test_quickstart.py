@@ -29,6 +29,10 @@ def test_helios_run_embedded_default(tmp_path):
     per_corruption = report["refine"]["per_corruption"]
     assert set(per_corruption) == {"clean", "shot_noise", "motion_blur", "rotate", "translate", "fog"}
     assert per_corruption["motion_blur"]["refine"] < per_corruption["motion_blur"]["infer"]
+    # fog is a strong shift mixed into the set: it is split off and adapted on its own statistics
+    assert report["refine"]["mixture"]["split"], report["refine"]["mixture"]
+    assert per_corruption["fog"]["refine"] < per_corruption["fog"]["infer"] - 0.3
+    assert per_corruption["clean"]["refine"] <= per_corruption["clean"]["infer"] + 0.005
     assert (tmp_path / "helios-work" / "mlflow.db").is_file()
     assert "Helios run complete" in result.stdout and "mlflow ui --backend-store-uri" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
