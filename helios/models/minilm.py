@@ -75,7 +75,15 @@ def build_classifier(model_dir: Path, descriptions: dict[str, str]):
             emb = self.embed(input_ids, attention_mask)
             return emb @ self.label_embeddings.T / TEMPERATURE, emb
 
-    encoder = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load cluttered every run's console
+    try:
+        encoder = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
     tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     module = SentenceZeroShot(encoder, torch.zeros(len(descriptions), encoder.config.hidden_size))
     batch = tok(list(descriptions.values()), padding=True, truncation=True, return_tensors="pt")
