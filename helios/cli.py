@@ -96,7 +96,7 @@ def optimize(
 ) -> None:
     """Export, build the optimized variants, evaluate them and pick one; writes OUT/optimize.json and tracks it in MLflow."""
     from helios.config import load_config
-    from helios.runner import _user_errors
+    from helios.runner import user_errors
 
     if sample is not None and not sample.is_dir():
         fail(f"sample directory {sample} does not exist: pass a directory of input files to --sample")
@@ -111,7 +111,7 @@ def optimize(
         result, champion = run_optimize_command(cfg, sample, out_dir)
     except UsageError as exc:
         fail(str(exc))
-    except _user_errors() as exc:  # a failed parity gate, a provider fallback with on_provider_fallback=fail
+    except user_errors() as exc:  # a failed parity gate, a provider fallback with on_provider_fallback=fail
         fail(str(exc), 1)
     out.print(f"selected [bold]{result.selected.name}[/] ({result.selected.reason}); table in {result.table_path}")
     if champion:

@@ -26,7 +26,7 @@ def preflight(cfg: PipelineConfig) -> None:
     load_model(cfg.model, cfg.prepare.allow_pickle, cfg.infer.max_image_pixels)
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+def user_errors() -> tuple[type[BaseException], ...]:
     """Failures that are about the model or the data, not bugs: printed as one line, exit code 1."""
     from tasks.prepare.parity import ParityError
     from tasks.session import ProviderFallback
@@ -58,7 +58,7 @@ def run_pipeline(cfg: PipelineConfig, console: Console, fail: Callable[[str, int
         result = helios_pipeline(cfg)
     except UsageError as exc:
         fail(str(exc), 2)
-    except _user_errors() as exc:
+    except user_errors() as exc:
         fail(f"{type(exc).__name__}: {exc}", 1)
     print_result(result, console)
     return result

@@ -3,8 +3,8 @@
 Both keep the output head — the last weight layer feeding each graph output, when it holds at most 2 % of the
 weights — in fp32: it is a tiny share of the compute, and its error lands straight in the logits. A large last
 layer (a sentence embedder's final encoder dense, 5.6 % of minilm's weights; keeping it fp32 cost 10 % throughput
-for no measured cosine gain) is quantized like the rest; the quality budget and the retry below still protect it. When a dynamic model misses the quality budget,
-``rank_sensitive`` orders the remaining MatMuls by their measured quantization error on the sample, so the stage
+for no measured cosine gain) is quantized like the rest; the quality budget and the retry below still protect it.
+When a dynamic model misses the quality budget, ``rank_sensitive`` orders the remaining MatMuls by their measured quantization error on the sample, so the stage
 can retry with the worst ones kept in fp32.
 """
 from __future__ import annotations

@@ -93,12 +93,17 @@ def shift_score(source: list[tuple[torch.Tensor, torch.Tensor]], target: list[tu
     return max(scores)
 
 
+def tracked_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BN layers that keep running statistics (the ones BN-adapt changes)."""
+    return [m for m in batchnorm_layers(model) if m.running_mean is not None]
+
+
 def snapshot_statistics(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(m.running_mean.clone(), m.running_var.clone()) for m in batchnorm_layers(model) if m.running_mean is not None]
+    return [(m.running_mean.clone(), m.running_var.clone()) for m in tracked_layers(model)]
 
 
 def restore_statistics(model: nn.Module, stats: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    layers = [m for m in batchnorm_layers(model) if m.running_mean is not None]
+    layers = tracked_layers(model)
     for layer, (mean, var) in zip(layers, stats):
         layer.running_mean.copy_(mean)
         layer.running_var.copy_(var)

@@ -31,7 +31,7 @@ MIN_ITEMS = 32
 
 def item_moments(module: nn.Module, x: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per item and channel, the spatial mean and variance at the input of every BN layer (one forward pass)."""
-    layers = [m for m in bn_adapt.batchnorm_layers(module) if m.running_mean is not None]
+    layers = bn_adapt.tracked_layers(module)
     parts: list[list] = [[] for _ in layers]
 
     def hook_for(k):
@@ -70,14 +70,12 @@ def _two_means(f: np.ndarray, iterations: int = 50) -> np.ndarray:
     _, _, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
     proj = z @ vt[0]
     centers = np.stack([z[proj.argmin()], z[proj.argmax()]])
-    assign = np.zeros(len(z), dtype=bool)
+    assign = None
     for _ in range(iterations):
         new = ((z - centers[1]) ** 2).sum(1) < ((z - centers[0]) ** 2).sum(1)
-        if new.all() or not new.any():
-            return new
+        if new.all() or not new.any() or (assign is not None and (new == assign).all()):
+            return new  # one cluster took everything, or the assignment is stable
         centers = np.stack([z[~new].mean(0), z[new].mean(0)])
-        if (new == assign).all():
-            break
         assign = new
     return assign
 
@@ -98,7 +96,7 @@ def shifted_group(module: nn.Module, x: torch.Tensor, batch_size: int, min_shift
     The groups are found, and the shifted one measured, on the first ``LAYERS`` BN layers; the other group must look
     like the source at *every* BN layer (a blur can show only deeper in the network). Costs one forward pass.
     """
-    sources = [(m.running_mean, m.running_var) for m in bn_adapt.batchnorm_layers(module) if m.running_mean is not None]
+    sources = bn_adapt.snapshot_statistics(module)
     n = len(x)
     if not sources or n < 2 * MIN_ITEMS:
         return None, {"split": False, "why": "too few items to look for a mixture", "forward_passes": 0}

@@ -111,7 +111,7 @@ def refine_arrays(cfg: RefineConfig, x: np.ndarray, label: np.ndarray, confidenc
     n = len(label)
     if n and plan is None:
         plan = plan_methods(cfg, adapter)
-    ledger = _Ledger(n, truth)
+    ledger, facts = _Ledger(n, truth), None
     if n and plan.ttt_reason is None:
         from tasks.refine import mixture
 
@@ -119,10 +119,10 @@ def refine_arrays(cfg: RefineConfig, x: np.ndarray, label: np.ndarray, confidenc
         if shifted is not None:
             return mixture.refine_groups(cfg, x, label, confidence, adapter, onnx_path, work_dir, providers, threads,
                                          plan, ledger, shifted, facts)
-        out = refine_set(cfg, x, label, confidence, adapter, onnx_path, work_dir, providers, threads, plan, ledger)
+    out = refine_set(cfg, x, label, confidence, adapter, onnx_path, work_dir, providers, threads, plan, ledger)
+    if facts is not None:
         out.summary["mixture"] = facts
-        return out
-    return refine_set(cfg, x, label, confidence, adapter, onnx_path, work_dir, providers, threads, plan, ledger)
+    return out
 
 
 def refine_set(cfg: RefineConfig, x: np.ndarray, label: np.ndarray, confidence: np.ndarray, adapter: ModelAdapter,
