@@ -38,10 +38,10 @@ def main() -> None:
     t_import = time.perf_counter()
     from flows.infer import infer_flow
     from hardware import detect, recommend
-    from helios.config import ModelConfig
+    from helios.models.config import ModelConfig
     from tasks.infer.config import InferConfig
     from tasks.infer.model_ref import make_model_ref
-    from tasks.infer.runners import make_task_runner
+    from flows.runners import make_task_runner
     from tasks.infer.scan import scan_input
 
     profile = detect(args.corpus, io_probe_seconds=0.1)

@@ -16,7 +16,7 @@ class OnnxPredictor:
     """One ONNX Runtime session per Ray actor."""
 
     def __init__(self, model: str, onnx: str, threads: int):
-        from helios.config import ModelConfig
+        from helios.models.config import ModelConfig
         from helios.models import load_model
         from tasks.session import open_session
 

@@ -104,7 +104,7 @@ def main() -> None:
     import torch
 
     from hardware import detect, recommend
-    from helios.config import ModelConfig
+    from helios.models.config import ModelConfig
     from helios.models import load_model
     from tasks.optimize.config import OptimizeConfig
     from tasks.optimize.core import load_eval_sample, optimize_model

@@ -3,7 +3,7 @@
     python benchmarks/eval_refine.py                       # test corruptions, seeds 0 1 2, the table in markdown
     python benchmarks/eval_refine.py --split dev --seeds 0  # the dev corruptions the defaults were tuned on
 
-Every method is the stage's own code (``tasks.refine.rounds.refine_arrays`` with a RefineConfig), started from the
+Every method is the stage's own code (``tasks.refine.core.refine_arrays`` with a RefineConfig), started from the
 source model for every corruption and seed (episodic reset). Errors are top-1 error rates in percent; the mean
 corruption error is the plain mean over the corruptions (not AlexNet-normalized). Compute is in passes per item
 relative to plain inference (a backward pass counts as two forward passes), the plain inference pass included.
@@ -25,12 +25,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helios.data.corruptions import CORRUPTIONS, DEV_CORRUPTIONS, apply_corruption  # noqa: E402
+from helios.models.base import softmax  # noqa: E402
 from helios.models.mnist_cnn import load_mnist_cnn, normalize  # noqa: E402
 from helios.models.mnist_data import load_split  # noqa: E402
 from tasks.prepare.export import export_onnx  # noqa: E402
 from tasks.refine.config import RefineConfig  # noqa: E402
-from tasks.refine.rounds import refine_arrays  # noqa: E402
-from tasks.refine.tta import softmax  # noqa: E402
+from tasks.refine.context import RefineContext  # noqa: E402
+from tasks.refine.core import refine_arrays  # noqa: E402
 from tasks.session import open_session  # noqa: E402
 
 METHODS: dict[str, dict] = {
@@ -81,7 +82,7 @@ def evaluate(corruptions: list[str], seeds: list[int], overrides: dict, methods:
             for seed in seeds:
                 images = x_test if name == "clean" else apply_corruption(name, x_test, np.random.default_rng([seed, len(name)]))
                 x = normalize(images)
-                probs = softmax(session.run({"image": x})[0])
+                probs = softmax(session.run({"image": x})[0].astype(np.float64))
                 label, conf = probs.argmax(1), probs.max(1)
                 cell = rows.setdefault(name, {}).setdefault(seed, {})
                 cell["source"] = {"error": 100 * float((label != y_test).mean()), "compute": 1.0, "seconds": 0.0}
@@ -92,9 +93,9 @@ def evaluate(corruptions: list[str], seeds: list[int], overrides: dict, methods:
                     runs.append((stream, base, extra, order if stream == "class-sorted" else slice(None)))
                 for key, method, extra, idx in runs:
                     cfg = RefineConfig(**{**overrides, **METHODS[method], **extra})
+                    ctx = RefineContext(cfg, adapter, onnx_path, Path(tmp) / "work", ("CPUExecutionProvider",), threads)
                     start = time.perf_counter()
-                    out = refine_arrays(cfg, x[idx], label[idx], conf[idx], adapter, onnx_path, Path(tmp) / "work",
-                                        ("CPUExecutionProvider",), threads, y_test[idx])
+                    out = refine_arrays(ctx, x[idx], label[idx], conf[idx], y_test[idx])
                     cell[key] = {"error": 100 * float((out.label != y_test[idx]).mean()),
                                  "compute": 1.0 + out.summary.get("multiplier", 0.0),
                                  "seconds": time.perf_counter() - start, "reverted": out.summary.get("reverted", [])}

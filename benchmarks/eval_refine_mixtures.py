@@ -3,7 +3,7 @@
     python benchmarks/eval_refine_mixtures.py
 
 Each set is the held-back digits cut into equal parts, one per entry (clean or an MNIST-C corruption, seed 0),
-refined in one call of the stage's own code (``tasks.refine.rounds.refine_arrays``) with the default settings.
+refined in one call of the stage's own code (``tasks.refine.core.refine_arrays``) with the default settings.
 Prints top-1 error in percent before and after, overall and per part, the compute multiplier, and whether the set
 was refined as a mixture (two groups). Not a test.
 """
@@ -19,12 +19,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from helios.data.corruptions import apply_corruption  # noqa: E402
+from helios.models.base import softmax  # noqa: E402
 from helios.models.mnist_cnn import load_mnist_cnn, normalize  # noqa: E402
 from helios.models.mnist_data import load_split  # noqa: E402
 from tasks.prepare.export import export_onnx  # noqa: E402
 from tasks.refine.config import RefineConfig  # noqa: E402
-from tasks.refine.rounds import refine_arrays  # noqa: E402
-from tasks.refine.tta import softmax  # noqa: E402
+from tasks.refine.context import RefineContext  # noqa: E402
+from tasks.refine.core import refine_arrays  # noqa: E402
 from tasks.session import open_session  # noqa: E402
 
 SETS = {
@@ -50,11 +51,11 @@ def main() -> None:
             x = normalize(np.concatenate([images[p] if c is None else apply_corruption(c, images[p], np.random.default_rng(0))
                                           for p, c in zip(parts, spec)]))
             names = np.concatenate([[c or "clean"] * len(p) for p, c in zip(parts, spec)])
-            probs = softmax(session.run({"image": x})[0])
+            probs = softmax(session.run({"image": x})[0].astype(np.float64))
             label, conf = probs.argmax(1), probs.max(1)
+            ctx = RefineContext(RefineConfig(), adapter, onnx_path, Path(tmp) / "work", ("CPUExecutionProvider",), 2)
             start = time.perf_counter()
-            out = refine_arrays(RefineConfig(), x, label, conf, adapter, onnx_path, Path(tmp) / "work",
-                                ("CPUExecutionProvider",), 2, truth)
+            out = refine_arrays(ctx, x, label, conf, truth)
             seconds = time.perf_counter() - start
 
             def err(labels, part=slice(None)):

@@ -12,11 +12,11 @@ import logging
 
 from flows.infer import infer_flow
 from helios.errors import UsageError
-from helios.ops_prefect import GPU_DEPLOYMENT, GPU_LIMIT
+from flows.deployments import GPU_DEPLOYMENT, GPU_LIMIT
 from tasks.infer.config import InferConfig
 from tasks.infer.model_ref import ModelRef
 from tasks.infer.result import InferResult
-from tasks.infer.runners import make_task_runner
+from flows.runners import make_task_runner
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,15 @@ class GpuStageError(RuntimeError):
 
 
 def run_infer_stage(cfg: InferConfig, model_ref: ModelRef, manifest_path: str, run_dir: str, profile: dict,
-                    timeout_s: float = GPU_TIMEOUT_S) -> InferResult:
-    """Infer the manifest: as a subflow on ``cfg.runner`` (pool ``local``) or on the GPU pool (pool ``gpu``)."""
+                    batch_size: int | None = None, timeout_s: float = GPU_TIMEOUT_S) -> InferResult:
+    """Infer the manifest: as a subflow on ``cfg.runner`` (pool ``local``) or on the GPU pool (pool ``gpu``).
+
+    ``batch_size`` is this machine's recommendation (from the detect stage), used when ``cfg.batch_size`` is unset;
+    a GPU worker is another machine and recommends its own.
+    """
     if cfg.pool == "local":
+        if batch_size and not cfg.batch_size:
+            cfg = cfg.model_copy(update={"batch_size": batch_size})
         infer = infer_flow.with_options(task_runner=make_task_runner(cfg))
         return infer(cfg, model_ref, manifest_path, run_dir, profile)
     return dispatch_to_gpu(gpu_parameters(cfg, model_ref, manifest_path, run_dir, profile), timeout_s)

@@ -15,14 +15,15 @@ import pyarrow.parquet as pq
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
 
+from helios.catalog import RunCatalog
 from tasks.infer.config import InferConfig
 from tasks.infer.index import RunIndex
 from tasks.infer.metrics import serve_metrics
 from tasks.infer.model_ref import ModelRef
-from tasks.infer.plan import PREDICTIONS, load_reusable, merge_predictions, plan_todo, write_shards
-from tasks.infer.progress import ShardProgress
+from tasks.infer.plan import load_reusable, merge_predictions, plan_todo, write_shards
+from flows.progress import ShardProgress
 from tasks.infer.result import InferResult
-from tasks.infer.runners import concurrency, make_task_runner, runs_per_process, split_threads
+from flows.runners import concurrency, make_task_runner, runs_per_process, split_threads
 from tasks.infer.scan import read_manifest, system_memory_pool
 from tasks.infer.shard import RESULT_SCHEMA, ShardOutcome, ShardSettings, ShardSpec, failed_shard_table
 from tasks.infer.task import infer_shard_task
@@ -151,13 +152,13 @@ def _infer(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: str, 
             metrics.record_files("error", scan_errors)
             results = gather_results(reusable, tables)
             del reusable, tables  # the merge holds the one contiguous copy
-            summary = merge_predictions(manifest_path, results, run_path / PREDICTIONS)
+            summary = merge_predictions(manifest_path, results, RunCatalog(run_path).predictions)
             del results
             pa.default_memory_pool().release_unused()
     finally:
         index.close()
     seconds = time.perf_counter() - start
-    return InferResult(predictions_path=str(run_path / PREDICTIONS), counts=summary.counts(reused),
+    return InferResult(predictions_path=str(RunCatalog(run_path).predictions), counts=summary.counts(reused),
                        errors_by_reason=dict(summary.reasons.most_common()), seconds=seconds,
                        files_per_s=todo / max(seconds, 1e-9), throughput=progress.points,
                        batch_size=min([o.batch_size for o in outcomes], default=settings.batch_size),

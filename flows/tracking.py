@@ -7,21 +7,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from flows.tags import TAG_RUN_NAME
+from helios.nested import flatten
+
 log = logging.getLogger(__name__)
 
 PARAM_LIMIT = 6000  # MLflow's max param value length in recent versions
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {"a.b.c": value} for MLflow params."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def default_tracking_uri(work_dir: Path) -> str:
@@ -49,7 +40,7 @@ class Tracker:
         exp = client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp else client.create_experiment(
             experiment, artifact_location=artifact_root.resolve().as_uri() if tracking_uri.startswith("sqlite") else None)
-        run = client.create_run(exp_id, tags=tags, run_name=tags.get("mlflow.runName"))
+        run = client.create_run(exp_id, tags=tags, run_name=tags.get(TAG_RUN_NAME))
         mlflow.set_tracking_uri(tracking_uri)  # for helpers that use the fluent API (mlflow.onnx.log_model)
         return cls(tracking_uri, run.info.run_id, client)
 
@@ -99,7 +90,8 @@ class PendingTracker:
     store's tables takes seconds that then overlap the first stages. A remote server is contacted at once, so a bad
     URI fails before any work is done."""
 
-    def __init__(self, start: Callable[[], Tracker], background: bool):
+    def __init__(self, start: Callable[[], Tracker], background: bool, prefect: dict | None = None):
+        self.prefect = prefect or {}  # the Prefect flow run this tracking belongs to (id, UI address)
         if background:
             pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-start")
             self._future = pool.submit(start)
@@ -118,3 +110,45 @@ class PendingTracker:
         except Exception:  # noqa: BLE001 - the run's own error is what the user needs to see
             return
         tracker.finish("FAILED")
+
+
+def start_tracking(config, catalog, flow_run_id, flow_run_url) -> Tracker:
+    """Open the run's MLflow run (``Tracker.off()`` when tracking is disabled) and log the settings."""
+    from flows.tags import TAG_FLOW_RUN_ID, TAG_FLOW_RUN_URL, TAG_MODEL
+
+    if not config.tracking.enabled:
+        return Tracker.off()
+    uri = config.tracking.mlflow_uri or default_tracking_uri(catalog.work_dir)
+    tags = {TAG_MODEL: config.model.name, TAG_FLOW_RUN_ID: str(flow_run_id),
+            TAG_RUN_NAME: f"{config.model.name}-{Path(config.out).name}"}
+    if flow_run_url:
+        tags[TAG_FLOW_RUN_URL] = str(flow_run_url)
+    tracker = Tracker.start(uri, config.tracking.experiment, catalog.mlflow_artifacts, tags)
+    tracker.params({"config": config.model_dump(mode="json")})
+    return tracker
+
+
+def track_run(tracker: Tracker, summary, optimized, catalog) -> None:
+    """Params, metrics, tags and artifacts of a finished run; variants as nested runs; the champion in the registry;
+    then the run is marked FINISHED."""
+    if not tracker.enabled:
+        return
+    from flows.tags import METRIC_ACCURACY, METRIC_LLM_COST, METRIC_RUN_COST, METRIC_THROUGHPUT, TAG_HARDWARE_CLASS, TAG_VARIANT
+    from flows.tracking_models import log_variants, register_champion
+    from tasks.review.core import review_metrics
+
+    hw_class = summary.hardware_class
+    tracker.tags({TAG_VARIANT: summary.model["variant"], TAG_HARDWARE_CLASS: hw_class})
+    tracker.params({"hardware": {"class": hw_class, "cpu": summary.hardware.get("cpu", {}).get("model")}})
+    tracker.metrics({
+        "stage_seconds": summary.stages, "files": summary.counts, METRIC_THROUGHPUT: summary.files_per_s,
+        "accuracy": summary.accuracy, METRIC_ACCURACY: summary.accuracy.get("review"),
+        METRIC_LLM_COST: summary.llm_cost_usd, METRIC_RUN_COST: summary.llm_cost_usd,
+    })
+    if summary.review.get("status") == "done":
+        tracker.metrics(review_metrics(summary.review))
+    for path in catalog.tracked:
+        tracker.artifact(path)
+    log_variants(optimized, tracker.run_id, tracker.tracking_uri)
+    register_champion(optimized, summary.model["name"], hw_class, tracker.run_id, tracker.tracking_uri)
+    tracker.finish("FINISHED")

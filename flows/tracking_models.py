@@ -15,6 +15,8 @@ import re
 import time
 from typing import Any
 
+from flows.tags import (TAG_CHAMPION_COMPARISON, TAG_HARDWARE_CLASS, TAG_PARENT_RUN, TAG_PROVIDERS, TAG_QUALITY,
+                        TAG_QUALITY_METRIC, TAG_REASON, TAG_RUN_ID, TAG_SELECTED, TAG_THROUGHPUT, TAG_VARIANT)
 from tasks.optimize.result import OptimizeResult, VariantReport
 
 ALIAS = "champion"
@@ -33,8 +35,8 @@ def log_variants(result: OptimizeResult, parent_run_id: str, tracking_uri: str) 
     for variant in result.variants:
         data = variant.to_dict()
         run = client.create_run(experiment_id, run_name=f"variant-{variant.name}", tags={
-            "mlflow.parentRunId": parent_run_id, "helios.variant": variant.name,
-            "helios.selected": str(variant.selected).lower(), "helios.reason": variant.reason[:5000]})
+            TAG_PARENT_RUN: parent_run_id, TAG_VARIANT: variant.name,
+            TAG_SELECTED: str(variant.selected).lower(), TAG_REASON: variant.reason[:5000]})
         metrics = [Metric(k, float(data[k]), now, 0) for k in _NUMERIC if isinstance(data.get(k), (int, float))]
         metrics += [Metric(f"throughput_batch_{b}", float(tp), now, 0) for b, tp in variant.throughput_by_batch.items()]
         metrics.append(Metric("selected", float(variant.selected), now, 0))
@@ -68,7 +70,7 @@ def register_champion(result: OptimizeResult, model_name: str, hardware_class: s
     info = mlflow.onnx.log_model(
         onnx.load(str(selected.path)), name="model", run_id=run_id, registered_model_name=registered,
         onnx_execution_providers=list(selected.providers) or None, pip_requirements=runtime_requirements(),
-        metadata={"helios.variant": selected.name, "helios.hardware_class": hardware_class},
+        metadata={TAG_VARIANT: selected.name, TAG_HARDWARE_CLASS: hardware_class},
     )
     version = str(info.registered_model_version)
     for key, value in version_tags(selected, hardware_class, run_id).items():
@@ -80,7 +82,7 @@ def register_champion(result: OptimizeResult, model_name: str, hardware_class: s
     if comparison["beats"]:
         client.set_registered_model_alias(registered, class_alias, version)
         client.set_registered_model_alias(registered, ALIAS, version)
-    client.set_model_version_tag(registered, version, "helios.champion_comparison", comparison["why"])
+    client.set_model_version_tag(registered, version, TAG_CHAMPION_COMPARISON, comparison["why"])
     return {"registered_model": registered, "version": version, "model_uri": info.model_uri,
             "hardware_class": hardware_class, "promoted": comparison["beats"],
             "aliases": [ALIAS, class_alias] if comparison["beats"] else [], "comparison": comparison}
@@ -101,10 +103,10 @@ def runtime_requirements() -> list[str]:
 
 def version_tags(v: VariantReport, hardware_class: str, run_id: str) -> dict[str, str]:
     quality = v.agreement if v.task == "classifier" else v.cosine
-    return {"helios.hardware_class": hardware_class, "helios.variant": v.name, "helios.run_id": run_id,
-            "helios.throughput_per_s": str(v.throughput_per_s), "helios.quality": str(quality),
-            "helios.quality_metric": "agreement" if v.task == "classifier" else "cosine",
-            "helios.providers": ",".join(v.providers)}
+    return {TAG_HARDWARE_CLASS: hardware_class, TAG_VARIANT: v.name, TAG_RUN_ID: run_id,
+            TAG_THROUGHPUT: str(v.throughput_per_s), TAG_QUALITY: str(quality),
+            TAG_QUALITY_METRIC: "agreement" if v.task == "classifier" else "cosine",
+            TAG_PROVIDERS: ",".join(v.providers)}
 
 
 def compare(new: VariantReport, current: dict[str, str] | None, margin: float) -> dict[str, Any]:
@@ -113,7 +115,7 @@ def compare(new: VariantReport, current: dict[str, str] | None, margin: float) -
     new_q = new.agreement if new.task == "classifier" else new.cosine
     if current is None:
         return {"beats": True, "why": "first version for this hardware class", "new_throughput": new_tp}
-    old_tp, old_q = _float(current.get("helios.throughput_per_s")), _float(current.get("helios.quality"))
+    old_tp, old_q = _float(current.get(TAG_THROUGHPUT)), _float(current.get(TAG_QUALITY))
     facts = {"new_throughput": new_tp, "champion_throughput": old_tp, "new_quality": new_q, "champion_quality": old_q,
              "champion_version": current.get("version"), "margin": margin}
     if new_tp is None:

@@ -6,16 +6,17 @@ from pathlib import Path
 
 from helios.errors import UsageError
 from helios.models.base import Decoded, InputError, ModelAdapter, Scored
+from helios.models.config import ModelConfig
 
 BUILT_IN = ("mnist-cnn", "minilm")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
-__all__ = ["BUILT_IN", "Decoded", "InputError", "ModelAdapter", "Scored", "load_model"]
+__all__ = ["BUILT_IN", "Decoded", "InputError", "ModelAdapter", "ModelConfig", "Scored", "load_model"]
 
 
-def load_model(cfg, allow_pickle: bool = False, max_pixels: int = 50_000_000) -> ModelAdapter:
-    """Resolve ``cfg.name`` (a helios.config.ModelConfig) to an adapter, or raise a UsageError naming the forms."""
-    name = cfg.name
+def load_model(cfg: ModelConfig) -> ModelAdapter:
+    """Resolve ``cfg.name`` to an adapter, or raise a UsageError naming the forms."""
+    name, allow_pickle, max_pixels = cfg.name, cfg.allow_pickle, cfg.max_image_pixels
     if name == "mnist-cnn":
         from helios.models.mnist_cnn import load_mnist_cnn
 

@@ -40,7 +40,7 @@ def decode_image(data: bytes, size: tuple[int, int], channels: int, max_pixels: 
     try:
         with Image.open(io.BytesIO(data)) as img:
             if img.width * img.height > max_pixels:
-                raise InputError(f"decompression bomb: {img.width}x{img.height} pixels exceeds infer.max_image_pixels={max_pixels}")
+                raise InputError(f"decompression bomb: {img.width}x{img.height} pixels exceeds model.max_image_pixels={max_pixels}")
             img = img.convert("L" if channels == 1 else "RGB")
             if img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]))

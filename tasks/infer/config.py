@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.base import StageConfig
+from helios.settings import StageConfig
 
 
 class InferConfig(StageConfig):
@@ -16,7 +16,6 @@ class InferConfig(StageConfig):
     prefetch_batches: int = Field(8, ge=1, description="Bounded prefetch queue depth (backpressure).")
     full: bool = Field(False, description="Reprocess every file, ignoring earlier results.")
     max_file_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Larger files become error rows.")
-    max_image_pixels: int = Field(50_000_000, ge=1, description="Decompression-bomb guard.")
     runner: Literal["local", "ray", "dask"] = "local"
     runner_address: str | None = Field(None, description="Ray or Dask scheduler address; None starts a local one.")
     metrics_port: int | None = Field(None, ge=1, le=65535, description="Serve Prometheus metrics on 127.0.0.1.")

@@ -144,7 +144,7 @@ def get_engine(ref: ModelRef) -> Engine:
     with _LOCK:
         engine = _ENGINES.get(key)
         if engine is None:
-            adapter = load_model(ref.model, max_pixels=ref.max_pixels)
+            adapter = load_model(ref.model)
             session = open_session(ref.onnx_path, ref.providers, ref.intra_op_threads, 1,
                                    optimized=saved_optimized_for(ref.onnx_path, ref.providers))
             names = [o.name for o in session.session.get_outputs()]

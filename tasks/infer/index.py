@@ -11,7 +11,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-INDEX = "index.sqlite"
+from helios.catalog import RunCatalog
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS shards (
@@ -29,7 +30,7 @@ class RunIndex:
     """SQLite (WAL, synchronous=FULL) index of committed shards in a run directory."""
 
     def __init__(self, run_dir: Path | str):
-        self.path = Path(run_dir) / INDEX
+        self.path = RunCatalog(Path(run_dir)).index
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         self.db.execute("PRAGMA journal_mode=WAL")

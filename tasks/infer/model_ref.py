@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from helios.config import ModelConfig
+from helios.models.config import ModelConfig
 
 
 class ModelRef(BaseModel):
@@ -20,7 +20,6 @@ class ModelRef(BaseModel):
     variant: str
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     intra_op_threads: int = 0
-    max_pixels: int = 50_000_000
     identity: str
 
 
@@ -32,20 +31,19 @@ def file_sha256(path: Path | str) -> str:
     return h.hexdigest()
 
 
-def model_identity(model: ModelConfig, onnx_path: Path | str, variant: str, max_pixels: int) -> str:
+def model_identity(model: ModelConfig, onnx_path: Path | str, variant: str) -> str:
     """Hash of the model recipe, the variant name, the variant file's bytes and the decode limits.
 
-    Providers and threads are left out on purpose: they change speed, not results.
+    Providers and threads are left out on purpose: they change speed, not results. ``allow_pickle`` is left out
+    too (it decides whether a model loads, not what it answers).
     """
-    recipe = {"model": model.model_dump(mode="json"), "variant": variant, "onnx_sha256": file_sha256(onnx_path),
-              "max_pixels": max_pixels}
+    recipe = {"model": model.model_dump(mode="json", exclude={"allow_pickle", "max_image_pixels"}),
+              "variant": variant, "onnx_sha256": file_sha256(onnx_path), "max_pixels": model.max_image_pixels}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def make_model_ref(model: ModelConfig, onnx_path: Path | str, variant: str = "fp32",
-                   providers: tuple[str, ...] = ("CPUExecutionProvider",), intra_op_threads: int = 0,
-                   max_pixels: int = 50_000_000) -> ModelRef:
+                   providers: tuple[str, ...] = ("CPUExecutionProvider",), intra_op_threads: int = 0) -> ModelRef:
     """Build a ModelRef, computing its identity from the recipe and the ONNX file."""
     return ModelRef(model=model, onnx_path=str(onnx_path), variant=variant, providers=tuple(providers),
-                    intra_op_threads=intra_op_threads, max_pixels=max_pixels,
-                    identity=model_identity(model, onnx_path, variant, max_pixels))
+                    intra_op_threads=intra_op_threads, identity=model_identity(model, onnx_path, variant))

@@ -9,14 +9,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from helios.catalog import RunCatalog
+from helios.files import atomic_path
 from tasks.infer.index import RunIndex
 from tasks.infer.result import Summary
-from tasks.infer.scan import ROW_GROUP, atomic_path
+from tasks.infer.scan import ROW_GROUP
 from tasks.infer.shard import RESULT_SCHEMA, ShardSpec
 
-SHARDS_DIR = "shards"
-TODO = "todo.parquet"
-PREDICTIONS = "predictions.parquet"
 PREDICTIONS_SCHEMA = pa.schema([
     ("path", pa.string()), ("size_bytes", pa.int64()), ("content_hash", pa.string()), ("status", pa.string()),
     ("error", pa.string()), ("flag", pa.string()), ("label", pa.string()), ("confidence", pa.float32()),
@@ -34,8 +33,8 @@ def shard_id(identity: str, hashes: list[str]) -> str:
 
 def load_reusable(index: RunIndex, identity: str, run_dir: Path) -> pa.Table:
     """Earlier results of this model that may be reused (content-derived rows only), one row per hash."""
-    tables = [pq.read_table(run_dir / SHARDS_DIR / name) for name in index.committed(identity)
-              if (run_dir / SHARDS_DIR / name).is_file()]
+    shards = RunCatalog(Path(run_dir)).shards
+    tables = [pq.read_table(shards / name) for name in index.committed(identity) if (shards / name).is_file()]
     if not tables:
         return RESULT_SCHEMA.empty_table()
     table = pa.concat_tables(tables)
@@ -74,7 +73,7 @@ def plan_todo(manifest: pa.Table, done: pa.Array | set[str]) -> pa.Table:
 def write_shards(todo: pa.Table, root: str, identity: str, shard_size: int, run_dir: Path) -> list[ShardSpec]:
     """Write the files to infer to ``run_dir/todo.parquet``, one row group per shard, and return small specs
     that point at their row group: task parameters stay a few hundred bytes, whatever the shard size."""
-    path = run_dir / TODO
+    path = RunCatalog(Path(run_dir)).todo
     specs = []
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, todo.schema) as writer:
         for group, start in enumerate(range(0, todo.num_rows, shard_size)):
@@ -82,7 +81,7 @@ def write_shards(todo: pa.Table, root: str, identity: str, shard_size: int, run_
             writer.write_table(part, row_group_size=shard_size)
             sid = shard_id(identity, part["content_hash"].to_pylist())
             specs.append(ShardSpec(sid, root, str(path), group, part.num_rows,
-                                   str(run_dir / SHARDS_DIR / f"{sid}.parquet")))
+                                   str(RunCatalog(Path(run_dir)).shards / f"{sid}.parquet")))
     return specs
 
 

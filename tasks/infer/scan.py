@@ -12,10 +12,11 @@ from typing import Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from helios.catalog import RunCatalog
 from helios.errors import UsageError
+from helios.files import atomic_path
 from tasks.infer.source import Entry, StatCache, is_remote, local_root, scan_local, scan_remote
 
-MANIFEST = "manifest.parquet"
 ROOT_KEY = b"helios.root"
 MANIFEST_SCHEMA = pa.schema([
     ("path", pa.string()), ("fs_path", pa.binary()), ("size_bytes", pa.int64()), ("mtime", pa.float64()),
@@ -29,29 +30,6 @@ class ScanResult:
     files: int
     bytes: int
     seconds: float
-
-
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temp path to write; on success it is fsynced, renamed over ``path`` and the directory fsynced, so a
-    reader (or a rerun after ``kill -9``) sees the old file or the new one, never a torn one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
-    try:
-        yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
 
 
 ROW_GROUP = 50_000  # readers stream row groups: memory follows this, not the file's length
@@ -124,7 +102,7 @@ def scan_input(root: str, run_dir: Path) -> ScanResult:
     """
     start = time.perf_counter()
     check_root(root)
-    path = Path(run_dir) / MANIFEST
+    path = RunCatalog(Path(run_dir)).manifest
     if is_remote(root):
         batches = iter([sorted(scan_remote(root), key=lambda e: e.fs_path)])
     else:

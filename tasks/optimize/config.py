@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from tasks.base import StageConfig
+from helios.settings import StageConfig
 
 VariantName = Literal["fp32", "fp32-fused", "fp16", "int8-dynamic", "int8-static"]
 VARIANTS: tuple[str, ...] = ("fp32", "fp32-fused", "fp16", "int8-dynamic", "int8-static")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from helios.models.base import Decoded, InputError, ModelAdapter
+from helios.samples import decode_files
 from tasks.optimize.config import OptimizeConfig
 from tasks.optimize.evaluate import measure, order_for_batching, quality, retime, run_outputs, workload
 from tasks.optimize.quantize import rank_sensitive, weight_nodes
@@ -159,16 +160,10 @@ def built_candidates(path: Path) -> list[str]:
 def load_eval_sample(adapter: ModelAdapter, paths: list[Path], limit: int,
                      truth: dict[str, str] | None) -> tuple[list[Decoded], np.ndarray | None]:
     """Decode up to ``limit`` usable files; with ``truth`` also their label indices (-1 where unknown)."""
-    items, labels = [], []
     index = {label: i for i, label in enumerate(adapter.labels)}
-    for path in paths:
-        if len(items) >= limit:
-            break
-        try:
-            items.append(adapter.preprocess(Path(path).read_bytes()))
-        except (InputError, OSError):
-            continue  # unusable files are reported by the infer stage
-        labels.append(index.get(truth_label(truth, Path(path)), -1) if truth else -1)
+    decoded = list(decode_files(adapter, paths, limit))  # unusable files are reported by the infer stage
+    items = [item for _, item in decoded]
+    labels = [index.get(truth_label(truth, Path(paths[i])), -1) if truth else -1 for i, _ in decoded]
     if not items:
         raise InputError(f"none of the {len(paths)} sample files could be decoded for {adapter.name}: "
                          "the optimize stage needs real inputs to calibrate and compare variants")

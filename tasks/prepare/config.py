@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from tasks.base import StageConfig
+from helios.settings import StageConfig
 
 
 class PrepareConfig(StageConfig):
@@ -12,4 +12,3 @@ class PrepareConfig(StageConfig):
     max_abs_logit_diff: float = Field(1e-3, gt=0, description="Classifier gate: largest |logit_torch - logit_onnx|.")
     min_top1_agreement: float = Field(1.0, ge=0, le=1, description="Classifier gate: share of equal top-1 labels.")
     min_cosine: float = Field(0.999, ge=-1, le=1, description="Embedder gate: smallest cosine torch vs onnx.")
-    allow_pickle: bool = Field(False, description="Allow full-pickle torch checkpoints (only for files you trust).")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from helios.models.base import Decoded, InputError, ModelAdapter
+from helios.models.base import Decoded, ModelAdapter
+from helios.samples import decode_files
 from tasks.prepare.config import PrepareConfig
 from tasks.prepare.export import export_onnx, write_recipe
 from tasks.prepare.parity import ParityError, check_parity, measure_parity
@@ -23,15 +24,7 @@ class PreparedModel:
 
 def load_sample(adapter: ModelAdapter, paths: list[Path], limit: int) -> list[Decoded]:
     """Decode up to ``limit`` usable files; unusable ones are skipped here (the infer stage reports them)."""
-    items = []
-    for path in paths:
-        if len(items) >= limit:
-            break
-        try:
-            items.append(adapter.preprocess(path.read_bytes()))
-        except (InputError, OSError):
-            continue
-    return items
+    return [item for _, item in decode_files(adapter, paths, limit)]
 
 
 def batches_of(adapter: ModelAdapter, items: list[Decoded], size: int = 16) -> list[dict[str, np.ndarray]]:

@@ -25,6 +25,7 @@ def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 def has_batchnorm(model: nn.Module) -> bool:
+    """Whether the model has any BatchNorm layer (what BN-adapt and TENT adapt)."""
     return bool(batchnorm_layers(model))
 
 
@@ -99,10 +100,12 @@ def tracked_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 
 
 def snapshot_statistics(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Copies of the (running mean, running variance) of every tracked BN layer, in order."""
     return [(m.running_mean.clone(), m.running_var.clone()) for m in tracked_layers(model)]
 
 
 def restore_statistics(model: nn.Module, stats: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """Put back statistics taken with ``snapshot_statistics``."""
     layers = tracked_layers(model)
     for layer, (mean, var) in zip(layers, stats):
         layer.running_mean.copy_(mean)

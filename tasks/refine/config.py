@@ -5,12 +5,14 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from tasks.base import StageConfig
+from helios.settings import StageConfig
 
 Method = Literal["tta", "bn-adapt", "tent"]
 
 
 class RefineConfig(StageConfig):
+    """Settings of the refine stage (``refine:`` in the run config)."""
+
     enabled: bool = Field(True, description="false: the stage passes predictions through (compare with/without).")
     threshold: float = Field(0.9, ge=0, le=1, description="Items below this confidence are routed to refinement.")
     methods: tuple[Method, ...] = Field(("bn-adapt", "tent", "tta"), description="tent implies bn-adapt statistics.")

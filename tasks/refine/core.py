@@ -1,5 +1,7 @@
 """The refine stage's entry: read the scanned files again, refine the unsure ones, add columns and a report section.
 
+``refine_predictions`` works on the infer stage's frame; ``refine_arrays`` on a model-ready batch (what the
+evaluation scripts call), where it chooses to refine the items as one set or, for a clear mixture, as two groups.
 Pure core: no Prefect or MLflow. ``truth`` (path -> label) only feeds the accuracy figures, never adaptation.
 """
 from __future__ import annotations
@@ -10,26 +12,50 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from helios.models.base import InputError, ModelAdapter
-from tasks.refine.config import RefineConfig
-from tasks.refine.rounds import plan_methods, refine_arrays
+from helios.models.base import ModelAdapter
+from helios.samples import decode_files
+from tasks.refine import mixture
+from tasks.refine.context import RefineContext
+from tasks.refine.plan import Plan, plan_methods
+from tasks.refine.rounds import refine_set
+from tasks.refine.state import Ledger, Outcome
 
 ADDED = ("ttt_label", "ttt_confidence", "tta_label", "tta_confidence", "refined_label", "refined_confidence",
          "refine_method")
 
 
+def refine_arrays(ctx: RefineContext, x: np.ndarray, label: np.ndarray, confidence: np.ndarray,
+                  truth: np.ndarray | None = None, plan: Plan | None = None) -> Outcome:
+    """Refine items given as a model-ready batch ``x`` with the infer stage's label indices and confidences.
+
+    ``truth`` (label indices, -1 unknown) is used only for the accuracy figures of the report. ``plan`` is
+    ``plan_methods``'s answer when the caller already asked (it loads the torch module). When the model can be
+    adapted, a set that mixes files like the training data with strongly shifted ones is refined as two sets
+    (``tasks.refine.mixture``); any other set as one.
+    """
+    n = len(label)
+    if n and plan is None:
+        plan = plan_methods(ctx.cfg, ctx.adapter)
+    ledger, facts = Ledger(n, truth), None
+    if n and plan.ttt_reason is None:
+        shifted, facts = mixture.check(ctx, plan, x, ledger)
+        if shifted is not None:
+            return mixture.refine_groups(ctx, x, label, confidence, plan, ledger, shifted, facts)
+    out = refine_set(ctx, x, label, confidence, plan, ledger)
+    if facts is not None:
+        out.summary["mixture"] = facts
+    return out
+
+
 def _load(adapter: ModelAdapter, input_root: Path, paths: list[str], batch_size: int):
-    """Model-ready inputs of the files that still decode, and the positions (in ``paths``) of those that do not."""
-    decoded, kept, lost = [], [], []
-    for i, rel in enumerate(paths):
-        try:
-            decoded.append(adapter.preprocess((input_root / rel).read_bytes()))
-            kept.append(i)
-        except (InputError, OSError):
-            lost.append(i)
+    """Model-ready inputs of the files that still decode, their positions in ``paths``, and how many do not."""
+    kept, decoded = [], []
+    for position, item in decode_files(adapter, [input_root / rel for rel in paths]):
+        kept.append(position)
+        decoded.append(item)
     name = adapter.input_names[0]
     parts = [adapter.collate(decoded[i:i + batch_size])[name] for i in range(0, len(decoded), batch_size)]
-    return (np.concatenate(parts) if parts else np.zeros((0,))), np.array(kept, dtype=np.int64), lost
+    return (np.concatenate(parts) if parts else np.zeros((0,))), np.array(kept, dtype=np.int64), len(paths) - len(kept)
 
 
 def _empty_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -39,10 +65,18 @@ def _empty_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def refine_predictions(cfg: RefineConfig, predictions: pd.DataFrame, input_root: Path, adapter: ModelAdapter,
-                       onnx_path: Path, work_dir: Path, providers: tuple[str, ...], threads: int,
+def _unsupported(ctx: RefineContext, rows: int) -> str | None:
+    """Why the stage skips before reading any file (no rows, no class scores), or None."""
+    if rows == 0:
+        return "skipped: no successfully inferred rows to refine"
+    if ctx.adapter.task != "classifier" and "logits" not in ctx.adapter.output_names:
+        return f"skipped: {ctx.adapter.task} models have no class scores to refine"
+    return None
+
+
+def refine_predictions(ctx: RefineContext, predictions: pd.DataFrame, input_root: Path,
                        truth: dict[str, str] | None = None) -> tuple[pd.DataFrame, dict]:
-    """Refine the ok rows below ``cfg.threshold``; return the frame with the refine columns and the report section.
+    """Refine the ok rows below ``ctx.cfg.threshold``; return the frame with the refine columns and the report section.
 
     Added columns: ``ttt_label``/``ttt_confidence`` (adapted model's answer, where it re-inferred), ``tta_label``/
     ``tta_confidence`` (merged TTA answer, where augmented), ``refined_label``/``refined_confidence`` (the stage's
@@ -50,18 +84,16 @@ def refine_predictions(cfg: RefineConfig, predictions: pd.DataFrame, input_root:
     ``confidence`` and ``final_stage`` ('refine') change on the rows refinement answered.
     """
     start = time.perf_counter()
+    cfg, adapter = ctx.cfg, ctx.adapter
     frame = _empty_columns(predictions.copy())
     if not cfg.enabled:
         return frame, {"status": "disabled"}
     index = {name: i for i, name in enumerate(adapter.labels)}
     usable = frame[(frame["status"] == "ok") & frame["label"].isin(list(index))]
     ok = usable.sort_values("path", kind="stable").index  # a canonical order: the answers do not depend on the frame's
-    if len(ok) == 0:
-        return frame, {"status": "skipped: no successfully inferred rows to refine", "routed": 0,
-                       "threshold": cfg.threshold, "methods": {}}
-    if adapter.task != "classifier" and "logits" not in adapter.output_names:
-        return frame, {"status": f"skipped: {adapter.task} models have no class scores to refine", "routed": 0,
-                       "threshold": cfg.threshold, "methods": {}}
+    skipped = _unsupported(ctx, len(ok))
+    if skipped:
+        return frame, {"status": skipped, "routed": 0, "threshold": cfg.threshold, "methods": {}}
     rows = frame.loc[ok]
     frame.loc[ok, "refined_label"] = rows["label"]
     frame.loc[ok, "refined_confidence"] = rows["confidence"].astype("float64")
@@ -74,18 +106,16 @@ def refine_predictions(cfg: RefineConfig, predictions: pd.DataFrame, input_root:
         return frame, {"status": "skipped: " + ("; ".join(plan.notes) or "refine.methods is empty"),
                        "routed": int(routed.sum()), "threshold": cfg.threshold, "rounds": 0, "methods": {},
                        "reverted": [], "notes": plan.notes}
+    x, kept = np.zeros((0,)), np.zeros(0, dtype=np.int64)
     if routed.any() or plan.ttt_reason is None:  # a confident set may still be shifted: TTT checks
         x, kept, lost = _load(adapter, Path(input_root), rows["path"].tolist(), cfg.batch_size)
         if lost:
-            notes.append(f"{len(lost)} file(s) no longer decode and were left as inferred")
-    else:
-        x, kept = np.zeros((0,)), np.zeros(0, dtype=np.int64)
+            notes.append(f"{lost} file(s) no longer decode and were left as inferred")
     label = rows["label"].map(index).to_numpy(dtype=np.int64)[kept]
     truth_idx = None
     if truth:
         truth_idx = np.array([index.get(truth.get(p), -1) for p in rows["path"].iloc[kept]], dtype=np.int64)
-    outcome = refine_arrays(cfg, x, label, conf_all[kept], adapter, Path(onnx_path), Path(work_dir), providers,
-                            threads, truth_idx, plan)
+    outcome = refine_arrays(ctx, x, label, conf_all[kept], truth_idx, plan)
     _write_back(frame, ok[kept], adapter.labels, outcome)
     summary = outcome.summary
     summary["routed"] = int(routed.sum())
@@ -94,7 +124,7 @@ def refine_predictions(cfg: RefineConfig, predictions: pd.DataFrame, input_root:
     return frame, summary
 
 
-def _write_back(frame: pd.DataFrame, rows: pd.Index, labels: tuple[str, ...], outcome) -> None:
+def _write_back(frame: pd.DataFrame, rows: pd.Index, labels: tuple[str, ...], outcome: Outcome) -> None:
     """Copy the outcome's arrays into the frame (label indices back to label strings)."""
     names = np.array(labels, dtype=object)
 

@@ -5,91 +5,64 @@ the same rounds as any set (``rounds.refine_set``) with a fresh copy of the sour
 of clean files does not look shifted and keeps its answers (TTA still augments its unsure ones); the shifted group
 adapts to its own statistics. One ledger covers the whole set, so the report's per-method figures, the compute
 budget and the accuracy are over all files. The check itself costs one forward pass per item, charged to the
-compute budget and reported under ``mixture``.
+compute budget and reported under ``mixture``; ``core.refine_arrays`` runs the check and chooses one set or two.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
-from pathlib import Path
 
 import numpy as np
+import torch
 
+from tasks.refine import domains
 from tasks.refine.config import RefineConfig
-from tasks.refine.rounds import Outcome, Plan, _Ledger, refine_set
+from tasks.refine.context import RefineContext
+from tasks.refine.plan import Plan
+from tasks.refine.rounds import refine_set
+from tasks.refine.state import Compute, GroupLedger, Ledger, Outcome
+from tasks.refine.ttt import torch_threads
 
 GROUPS = (("like-source", False), ("shifted", True))
 
 
-def check(cfg: RefineConfig, plan: Plan, x: np.ndarray, threads: int, ledger: _Ledger) -> tuple[np.ndarray | None, dict]:
+def check(ctx: RefineContext, plan: Plan, x: np.ndarray, ledger: Ledger) -> tuple[np.ndarray | None, dict]:
     """(mask of the shifted items, facts) for a clear mixture, else (None, facts); the pass is charged to the budget."""
-    import torch
-
-    from tasks.refine import domains
-    from tasks.refine.ttt import Compute
-    from tasks.refine.ttt_step import _torch_threads
-
     start = time.perf_counter()
-    with _torch_threads(threads):
+    with torch_threads(ctx.threads):
         shifted, facts = domains.shifted_group(plan.module, torch.from_numpy(np.ascontiguousarray(x)),
-                                               cfg.batch_size, cfg.ttt_min_shift)
+                                               ctx.cfg.batch_size, ctx.cfg.ttt_min_shift)
     seconds = time.perf_counter() - start
     ledger.charge("mixture-check", Compute(facts.pop("forward_passes", 0), 0, seconds))
     return shifted, {**facts, **ledger.checks["mixture-check"]}
 
 
-class _View:
-    """The whole set's ledger as one group sees it: the group's arrays are placed into whole-set arrays that hold
-    the other items' current answers."""
-
-    def __init__(self, ledger: _Ledger, idx: np.ndarray, current: np.ndarray):
-        self.ledger, self.idx, self.current = ledger, idx, current
-
-    def _whole(self, local: np.ndarray) -> np.ndarray:
-        whole = self.current.copy()
-        whole[self.idx] = local
-        return whole
-
-    @property
-    def methods(self) -> dict:
-        return self.ledger.methods
-
-    def record(self, method, touched, before, after, compute) -> None:
-        mask = np.zeros(self.ledger.n, dtype=bool)
-        mask[self.idx] = touched
-        self.ledger.record(method, mask, self._whole(before), self._whole(after), compute)
-
-    def accuracy(self, labels: np.ndarray) -> float | None:
-        return self.ledger.accuracy(self._whole(labels))
-
-    def spent(self) -> float:
-        return self.ledger.spent()
-
-
-def refine_groups(cfg: RefineConfig, x: np.ndarray, label: np.ndarray, confidence: np.ndarray, adapter, onnx_path: Path,
-                  work_dir: Path, providers: tuple[str, ...], threads: int, plan: Plan, ledger: _Ledger,
-                  shifted: np.ndarray, facts: dict) -> Outcome:
-    """Refine each group as its own set and merge the answers, columns and report section."""
+def refine_groups(ctx: RefineContext, x: np.ndarray, label: np.ndarray, confidence: np.ndarray, plan: Plan,
+                  ledger: Ledger, shifted: np.ndarray, facts: dict) -> Outcome:
+    """Refine each group (``shifted`` from ``check``) as its own set and merge the answers, columns and report
+    section; each group works in its own folder under ``ctx.work_dir``."""
     n = len(label)
-    merged = Outcome(np.asarray(label).copy(), np.asarray(confidence, dtype=np.float64).copy(),
-                     method=np.full(n, "", dtype=object))
+    merged = Outcome.start(label, confidence)
     groups = []
     for name, flag in GROUPS:
         idx = np.flatnonzero(shifted == flag)
         own = Plan(plan.policy, copy.deepcopy(plan.module), plan.ttt_reason, [])  # each group starts from the source
-        out = refine_set(cfg, x[idx], merged.label[idx], merged.confidence[idx], adapter, onnx_path, work_dir / name,
-                         providers, threads, own, _View(ledger, idx, merged.label))
+        out = refine_set(dataclasses.replace(ctx, work_dir=ctx.work_dir / name), x[idx], merged.label[idx],
+                         merged.confidence[idx], own, GroupLedger(ledger, idx, merged.label))
         merged.label[idx], merged.confidence[idx], merged.method[idx] = out.label, out.confidence, out.method
         for key, values in out.columns.items():
             column = merged.columns.setdefault(
                 key, np.full(n, -1, dtype=np.int64) if key.endswith("_label") else np.full(n, np.nan))
             column[idx] = values
         groups.append((name, idx, out.summary))
-    merged.summary = _summary(cfg, plan, ledger, label, confidence, merged, groups, facts)
+    merged.summary = _summary(ctx.cfg, plan, ledger, label, confidence, merged, groups, facts)
     return merged
 
 
-def _summary(cfg, plan, ledger, label, confidence, merged, groups, facts) -> dict:
+def _summary(cfg: RefineConfig, plan: Plan, ledger: Ledger, label: np.ndarray, confidence: np.ndarray, merged: Outcome,
+             groups: list, facts: dict) -> dict:
+    """The whole set's report section: per-method figures over all files, per-group status and accuracy."""
     def group_accuracy(idx, labels):
         if ledger.truth is None:
             return None

@@ -1,8 +1,9 @@
 """Test-time augmentation for classifiers, after ttach: named policies of views, one merge mode, identity always in.
 
-Imports only numpy and scipy. A view maps a model-ready batch (N, C, H, W) to a batch of the same shape; class
-labels do not move under these views, so no de-augmentation is needed. Views pad with the edge value (``nearest``),
-so they work whatever the model's normalization. All views of a batch go to ONNX Runtime in one call.
+Imports only numpy, scipy and the project's softmax. A view maps a model-ready batch (N, C, H, W) to a batch of the
+same shape; class labels do not move under these views, so no de-augmentation is needed. Views pad with the edge
+value (``nearest``), so they work whatever the model's normalization. All views of a batch go to ONNX Runtime in one
+call.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Callable
 
 import numpy as np
 from scipy import ndimage
+
+from helios.models.base import softmax
 
 MERGE_MODES = ("mean", "gmean", "max", "tsharpen")
 
@@ -21,25 +24,32 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True)
 class View:
+    """A named augmentation: a function from a model-ready batch to a batch of the same shape."""
+
     name: str
     fn: Callable[[np.ndarray], np.ndarray]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """The augmented batch."""
         return self.fn(x)
 
 
 @dataclass(frozen=True)
 class Policy:
+    """A named set of views (identity first) and how their predictions merge."""
+
     name: str
     views: tuple[View, ...]
     merge: str
 
     @property
     def size(self) -> int:
+        """How many views: the forward passes per augmented item."""
         return len(self.views)
 
 
 def identity() -> View:
+    """The unchanged batch."""
     return View("identity", lambda x: x)
 
 
@@ -119,12 +129,6 @@ def merge_views(probs: np.ndarray, mode: str) -> np.ndarray:
     return merged / merged.sum(1, keepdims=True)
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
 def predict_tta(run: Callable[[dict], list], input_name: str, x: np.ndarray, policy: Policy,
                 batch_size: int = 256) -> np.ndarray:
     """Merged TTA probabilities (N, K): per batch, all views go through ``run`` (one ONNX Runtime call)."""
@@ -132,6 +136,6 @@ def predict_tta(run: Callable[[dict], list], input_name: str, x: np.ndarray, pol
     for start in range(0, len(x), batch_size):
         chunk = x[start:start + batch_size]
         logits = run({input_name: augment(chunk, policy)})[0]
-        probs = softmax(logits).reshape(policy.size, len(chunk), -1)
+        probs = softmax(logits.astype(np.float64)).reshape(policy.size, len(chunk), -1)
         out.append(merge_views(probs, policy.merge))
     return np.concatenate(out) if out else np.zeros((0, 0))

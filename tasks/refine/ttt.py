@@ -6,7 +6,9 @@ describe the target distribution), in a class-mixed order, and never uses ground
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -14,20 +16,19 @@ from torch import nn
 
 from tasks.refine import bn_adapt, safety, tent
 from tasks.refine.config import RefineConfig
+from tasks.refine.state import Compute
 
 
-@dataclass
-class Compute:
-    """Work done by one method, in items: one forward (or backward) pass of one item counts 1."""
-
-    forward: int = 0
-    backward: int = 0
-    seconds: float = 0.0
-
-    def add(self, other: "Compute") -> None:
-        self.forward += other.forward
-        self.backward += other.backward
-        self.seconds += other.seconds
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with torch's intra-op thread count set to ``threads`` (0: leave it), restored afterwards."""
+    previous = torch.get_num_threads()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @dataclass

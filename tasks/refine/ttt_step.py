@@ -2,41 +2,28 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 
 import numpy as np
 
 from tasks.prepare.parity import ParityError
 from tasks.refine import ttt
-from tasks.refine.rounds import Outcome, _Ledger, _Run, _set_column, mark
+from tasks.refine.state import Compute, GroupLedger, Ledger, Outcome, Run, mark, set_column
 from tasks.refine.writeback import export_adapted
 from tasks.session import open_session
 
 
-@contextmanager
-def _torch_threads(threads: int):
-    import torch
-
-    previous = torch.get_num_threads()
-    if threads > 0:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
-def _adapt(run: _Run, state: ttt.Adaptation | None, labels: np.ndarray, routed_share: float):
+def _adapt(run: Run, state: ttt.Adaptation | None, labels: np.ndarray, routed_share: float):
     """Round 1: BN-adapt (+ TENT); later rounds: one more TENT epoch. Returns state, computes, BN-only probs.
 
     Round 1 adapts only a set that looks shifted: enough items below the threshold, or BN statistics that moved.
     Confidence alone misses a confidently wrong shift (fog: 88 % errors, nearly all above 0.9 confidence).
     """
-    cfg = run.cfg
-    computes: dict[str, ttt.Compute] = {}
+    cfg = run.ctx.cfg
+    computes: dict[str, Compute] = {}
     bn_probs = None
     if state is None:
-        state = ttt.start_adaptation(run.module, run.x, labels, len(run.adapter.labels), cfg.adapt_max_items, run.rng)
+        state = ttt.start_adaptation(run.module, run.x, labels, len(run.ctx.adapter.labels), cfg.adapt_max_items,
+                                     run.rng)
         # TENT normalizes with BN-adapt's statistics, so BN-adapt always runs first (reported as its own method
         # only when asked for).
         gate = None if routed_share >= cfg.ttt_min_routed_share else cfg.ttt_min_shift
@@ -54,28 +41,35 @@ def _adapt(run: _Run, state: ttt.Adaptation | None, labels: np.ndarray, routed_s
     return state, computes, bn_probs
 
 
-def adapt_round(run: _Run, state, out: Outcome, ledger: _Ledger, round_no: int, unsure: np.ndarray, onnx_path):
+def _export(run: Run, state: ttt.Adaptation, unsure: np.ndarray):
+    """The adapted graph's path (parity-checked on a sample, unsure items first) and the seconds it took; None when
+    parity fails (the source model's answers are kept and the reason is recorded)."""
+    start = time.perf_counter()
+    try:
+        sample = run.x[np.r_[np.flatnonzero(unsure), np.flatnonzero(~unsure)][:64]]  # unsure items first
+        path, _ = export_adapted(run.ctx, state.module, list(state.kept), sample)
+    except ParityError as exc:
+        state.reverted.append(f"{'+'.join(state.kept)}: {exc}; answers kept from the source model")
+        state.kept.clear()
+        return None, 0.0
+    return path, time.perf_counter() - start
+
+
+def adapt_round(run: Run, state: ttt.Adaptation | None, out: Outcome, ledger: Ledger | GroupLedger, round_no: int,
+                unsure: np.ndarray):
     """Run one TTT round and re-infer; returns (state, whether any answer could have changed)."""
-    cfg = run.cfg
-    with _torch_threads(run.threads):
+    cfg = run.ctx.cfg
+    with ttt.torch_threads(run.ctx.threads):
         share = float(unsure.mean()) if len(unsure) else 0.0
         state, computes, bn_probs = _adapt(run, state, out.label if state is None else state.source_labels, share)
         if not computes or not state.kept or (round_no > 1 and "tent" not in computes):
             return state, False
         if round_no > 1 and any(r.startswith("tent") for r in state.reverted[-1:]):
             return state, False  # this round's TENT epoch was undone: the model is what it was
-        start = time.perf_counter()
-        try:
-            sample = run.x[np.r_[np.flatnonzero(unsure), np.flatnonzero(~unsure)][:64]]  # unsure items first
-            path, _ = export_adapted(run.adapter, state.module, onnx_path, run.work_dir / "adapted", list(state.kept),
-                                     sample, cfg.parity_max_abs_logit_diff,
-                                     lambda p: open_session(p, ("CPUExecutionProvider",), run.threads))
-        except ParityError as exc:
-            state.reverted.append(f"{'+'.join(state.kept)}: {exc}; answers kept from the source model")
-            state.kept.clear()
+        path, export_seconds = _export(run, state, unsure)
+        if path is None:
             return state, False
-        export_seconds = time.perf_counter() - start
-    run.session = open_session(path, run.providers, run.threads)
+    run.session = open_session(path, run.ctx.providers, run.ctx.threads)
     run.model_version += 1
     targets = unsure.copy() if not (cfg.reinfer == "all" and round_no == 1) else np.ones_like(unsure)
     idx = np.flatnonzero(targets)
@@ -93,18 +87,19 @@ def adapt_round(run: _Run, state, out: Outcome, ledger: _Ledger, round_no: int, 
             ledger.record("bn-adapt", targets, before, after if last != "bn-adapt" else _with(before, idx, new_label),
                           computes["bn-adapt"])
         else:
-            computes.get("tent", ttt.Compute()).add(computes["bn-adapt"])
+            computes.get("tent", Compute()).add(computes["bn-adapt"])
     if "tent" in computes:
         ledger.record("tent", targets, after if "bn-adapt" in computes else before, _with(before, idx, new_label),
                       computes["tent"])
     out.label[idx], out.confidence[idx] = new_label, new_conf
-    _set_column(out, "ttt", idx, new_label, new_conf)
+    set_column(out, "ttt", idx, new_label, new_conf)
     for method in state.kept:
         mark(out, idx, method)
     return state, True
 
 
 def _with(labels: np.ndarray, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """A copy of ``labels`` with items ``idx`` set to ``values``."""
     updated = labels.copy()
     updated[idx] = values
     return updated

@@ -8,11 +8,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from helios.models.base import ModelAdapter
 from tasks.prepare.config import PrepareConfig
 from tasks.prepare.export import export_onnx, write_recipe
 from tasks.prepare.parity import Parity, check_parity, measure_parity
+from tasks.refine.context import RefineContext
+from tasks.session import open_session
 
 
 class _AdaptedAdapter:
@@ -23,6 +26,7 @@ class _AdaptedAdapter:
         self._module = module
 
     def torch_module(self):
+        """The adapted module, in eval mode."""
         return self._module.eval()
 
     def __getattr__(self, name):
@@ -31,25 +35,24 @@ class _AdaptedAdapter:
 
 def source_opset(onnx_path: Path, default: int = 17) -> int:
     """The default-domain opset of the model the infer stage ran, so the adapted graph matches it."""
-    import onnx
-
     model = onnx.load(str(onnx_path), load_external_data=False)
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default)
 
 
-def export_adapted(adapter: ModelAdapter, module, source_onnx: Path, out_dir: Path, methods: list[str],
-                   sample: np.ndarray, max_abs_logit_diff: float, open_session) -> tuple[Path, Parity]:
-    """``adapted module -> out_dir/model.onnx`` plus its recipe; raises ParityError when ONNX disagrees with torch.
+def export_adapted(ctx: RefineContext, module, methods: list[str], sample: np.ndarray) -> tuple[Path, Parity]:
+    """``adapted module -> <work dir>/adapted/model.onnx`` plus its recipe; raises ParityError when ONNX disagrees with
+    torch by more than ``refine.parity_max_abs_logit_diff``.
 
-    ``sample`` (a model-ready batch) is what parity is measured on; ``open_session(path)`` opens an ORT session.
+    ``sample`` (a model-ready batch) is what parity is measured on, with a CPU session of ``ctx.threads`` threads.
     """
+    adapter = ctx.adapter
     wrapped = _AdaptedAdapter(adapter, module)
-    path = export_onnx(wrapped, out_dir, source_opset(source_onnx))  # type: ignore[arg-type]
-    session = open_session(path)
+    path = export_onnx(wrapped, ctx.work_dir / "adapted", source_opset(ctx.onnx_path))  # type: ignore[arg-type]
+    session = open_session(path, ("CPUExecutionProvider",), ctx.threads)
     name = adapter.input_names[0]
     feeds = [{name: sample[i:i + 64]} for i in range(0, len(sample), 64)]
     parity = measure_parity(wrapped, session, feeds)  # type: ignore[arg-type]
-    check_parity(parity, PrepareConfig(max_abs_logit_diff=max_abs_logit_diff), adapter.task)
-    write_recipe(path, {"variant": "test-time-adapted", "source": adapter.recipe, "source_onnx": str(source_onnx),
+    check_parity(parity, PrepareConfig(max_abs_logit_diff=ctx.cfg.parity_max_abs_logit_diff), adapter.task)
+    write_recipe(path, {"variant": "test-time-adapted", "source": adapter.recipe, "source_onnx": str(ctx.onnx_path),
                         "methods": methods, "parity": parity.to_dict(), "opset": source_opset(path)})
     return path, parity

@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from tasks.base import StageConfig
+from helios.settings import StageConfig
 
 
 class ReportConfig(StageConfig):

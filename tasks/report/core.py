@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from helios.catalog import RunCatalog
 from tasks.report.config import ReportConfig
 from tasks.report.derive import derive_figures, errors_by_kind, headline, jsonable
 
@@ -26,12 +27,13 @@ class ReportFiles:
 
 def read_outputs(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """predictions.parquet (required) and manifest.parquet (when present) of a run directory."""
-    predictions_path = run_dir / "predictions.parquet"
+    catalog = RunCatalog(Path(run_dir))
+    predictions_path = catalog.predictions
     if not predictions_path.is_file():
         raise FileNotFoundError(f"{predictions_path} does not exist: the report needs the infer stage's predictions")
     try:
         predictions = pd.read_parquet(predictions_path)
-        manifest_path = run_dir / "manifest.parquet"
+        manifest_path = catalog.manifest
         manifest = pd.read_parquet(manifest_path) if manifest_path.is_file() else None
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read the outputs in {run_dir}: {exc}") from exc
@@ -75,7 +77,8 @@ def build_report(cfg: ReportConfig, summary: dict, run_dir: Path) -> ReportFiles
     run_dir = Path(run_dir)
     predictions, manifest = read_outputs(run_dir)
     report = assemble_report(cfg, summary, run_dir, predictions, manifest)
-    json_path = run_dir / "report.json"
+    catalog = RunCatalog(run_dir)
+    json_path = catalog.report_json
     json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     html_path = None
     if cfg.html:
@@ -83,7 +86,7 @@ def build_report(cfg: ReportConfig, summary: dict, run_dir: Path) -> ReportFiles
         from tasks.report.plots import render_figures
         from tasks.report.render import render_html
 
-        html_path = run_dir / "report.html"
+        html_path = catalog.report_html
         html_path.write_text(render_html(report, render_figures(report["figures"])), encoding="utf-8")
-    csv_path = write_variants_csv(report.get("variants") or [], run_dir / "variants.csv")
+    csv_path = write_variants_csv(report.get("variants") or [], catalog.variants_csv)
     return ReportFiles(json=json_path, html=html_path, variants_csv=csv_path)

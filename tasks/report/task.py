@@ -10,6 +10,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from tasks.report.config import ReportConfig
 from tasks.report.core import build_report
 from tasks.report.render import render_markdown
+from tasks.report.summary import RunSummary
 from tasks.report.validate import ValidationFailed, format_failures, validate_outputs
 
 VARIANT_COLUMNS = ("name", "selected", "latency_p50_ms", "latency_p95_ms", "throughput_per_s", "best_batch",
@@ -25,13 +26,13 @@ def variant_rows(variants: list[dict]) -> list[dict]:
 
 
 @task(name="report")
-def report_stage(cfg: ReportConfig, summary: dict, run_dir: str, labels: tuple[str, ...]) -> dict:
+def report_stage(cfg: ReportConfig, summary: RunSummary, run_dir: str, labels: tuple[str, ...]) -> dict:
     """Validate the outputs, write report.json/.html and variants.csv, create the artifacts; raise ValidationFailed
     after publishing when validation is 'fail' and an expectation is not met."""
     logger = get_run_logger()
     run_path = Path(run_dir)
     validation = validate_outputs(cfg, run_path, labels)
-    files = build_report(cfg, {**summary, "validation": validation.to_dict(cfg.validation)}, run_path)
+    files = build_report(cfg, {**summary.to_dict(), "validation": validation.to_dict(cfg.validation)}, run_path)
     report = json.loads(files.json.read_text(encoding="utf-8"))
     html_uri = files.html.resolve().as_uri() if files.html else None
     create_markdown_artifact(key="helios-report", markdown=render_markdown(report, html_uri),

@@ -12,6 +12,7 @@ from typing import Any
 
 import pandas as pd
 
+from helios.catalog import RunCatalog
 from tasks.report.config import ReportConfig
 
 SAMPLE_COLUMNS = {"manifest": ("path", "size_bytes", "content_hash"),
@@ -146,9 +147,10 @@ def _context(docs_dir: Path) -> Any:
 def load_frames(run_dir: Path) -> dict[str, pd.DataFrame]:
     """The frames to validate; predictions gain ``path_in_manifest`` when a manifest exists."""
     frames: dict[str, pd.DataFrame] = {}
-    if (run_dir / "manifest.parquet").is_file():
-        frames["manifest"] = pd.read_parquet(run_dir / "manifest.parquet").reset_index(drop=True)
-    predictions = pd.read_parquet(run_dir / "predictions.parquet").reset_index(drop=True)
+    catalog = RunCatalog(Path(run_dir))
+    if catalog.manifest.is_file():
+        frames["manifest"] = pd.read_parquet(catalog.manifest).reset_index(drop=True)
+    predictions = pd.read_parquet(catalog.predictions).reset_index(drop=True)
     if "manifest" in frames and "path" in predictions and "path" in frames["manifest"]:
         predictions["path_in_manifest"] = predictions["path"].isin(frames["manifest"]["path"])
     frames["predictions"] = predictions
@@ -161,9 +163,10 @@ def validate_outputs(cfg: ReportConfig, run_dir: Path, labels: tuple[str, ...]) 
     run_dir = Path(run_dir)
     if cfg.validation == "off":
         return ValidationResult(success=True)
-    if not (run_dir / "predictions.parquet").is_file():
+    predictions_path = RunCatalog(run_dir).predictions
+    if not predictions_path.is_file():
         return ValidationResult(False, [{"suite": "predictions", "expectation": "file_exists", "column": None,
-                                         "details": f"{run_dir / 'predictions.parquet'} is missing", "sample_rows": []}])
+                                         "details": f"{predictions_path} is missing", "sample_rows": []}])
     frames = load_frames(run_dir)
     import great_expectations as gx
     import great_expectations.expectations as gxe

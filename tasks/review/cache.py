@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from helios.files import write_bytes
 
 # Bump when the prompt or the stored record changes, so stale answers are not reused.
 CACHE_VERSION = "review-v1"
@@ -42,13 +42,4 @@ class AnswerCache:
 
     def put(self, key: str, record: dict[str, Any]) -> None:
         """Write atomically: readers see the old entry or the new one, never half a file."""
-        target = self._file(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(record, handle, sort_keys=True)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_bytes(json.dumps(record, sort_keys=True).encode("utf-8"), self._file(key))

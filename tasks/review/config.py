@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tasks.base import StageConfig
+from helios.settings import StageConfig
 
 
 class ModelPrice(BaseModel):

@@ -15,21 +15,15 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.states import Completed, Failed, Running
 
 from flows.dispatch import GpuStageError, gpu_parameters, infer_result_of, run_infer_stage
-from helios.config import ModelConfig
+from helios.models.config import ModelConfig
 from helios.errors import UsageError
 from helios.models import load_model
-from helios.ops_prefect import GPU_LIMIT
+from flows.deployments import GPU_LIMIT
 from tasks.infer.config import InferConfig
 from tasks.infer.model_ref import ModelRef, make_model_ref
 from tasks.infer.result import InferResult
 from tasks.infer.scan import scan_input
 from tasks.prepare.export import export_onnx
-
-
-@pytest.fixture(scope="module")
-def mnist_ref(tmp_path_factory) -> ModelRef:
-    model = ModelConfig(name="mnist-cnn")
-    return make_model_ref(model, export_onnx(load_model(model), tmp_path_factory.mktemp("onnx"), 17), intra_op_threads=1)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows.infer import infer_flow
-from helios.config import ModelConfig
+from helios.models.config import ModelConfig
 from helios.models import load_model
 from tasks.infer.config import InferConfig
 from tasks.infer.model_ref import make_model_ref
@@ -77,7 +77,7 @@ def test_contract_incremental_and_full(prefect_harness, tmp_path, onnx_path):
 RUNNER = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from helios.config import ModelConfig
+    from helios.models.config import ModelConfig
     from tasks.infer.config import InferConfig
     from tasks.infer.model_ref import make_model_ref
     from tasks.infer.scan import scan_input

@@ -13,11 +13,11 @@ pytest.importorskip("prefect_dask")
 psutil = pytest.importorskip("psutil")
 
 from flows.infer import infer_flow  # noqa: E402
-from helios.config import ModelConfig  # noqa: E402
+from helios.models.config import ModelConfig  # noqa: E402
 from helios.models import load_model  # noqa: E402
 from tasks.infer.config import InferConfig  # noqa: E402
 from tasks.infer.model_ref import make_model_ref  # noqa: E402
-from tasks.infer.runners import make_task_runner  # noqa: E402
+from flows.runners import make_task_runner  # noqa: E402
 from tasks.infer.scan import scan_input  # noqa: E402
 from tasks.prepare.export import export_onnx  # noqa: E402
 

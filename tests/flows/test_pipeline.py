@@ -4,7 +4,7 @@ import json
 import pandas as pd
 import pytest
 
-from helios.config import load_config
+from helios.cli.config_file import load_config
 
 
 def run(tmp_path, *overrides):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helios.config import ModelConfig
+from helios.models.config import ModelConfig
 from helios.errors import UsageError
 from helios.models import InputError, load_model
 from helios.models.mnist_data import load_split
@@ -40,7 +40,7 @@ def test_bad_images_raise_readable_reasons(data, reason):
 
 
 def test_decompression_bomb_is_refused():
-    adapter = load_model(ModelConfig(name="mnist-cnn"), max_pixels=10_000)
+    adapter = load_model(ModelConfig(name="mnist-cnn", max_image_pixels=10_000))
     with pytest.raises(InputError, match="decompression bomb"):
         adapter.preprocess(png(np.zeros((200, 200), np.uint8)))
 

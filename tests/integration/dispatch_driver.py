@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from flows.dispatch import run_infer_stage
-from helios.config import ModelConfig
+from helios.models.config import ModelConfig
 from helios.models import load_model
 from tasks.infer.config import InferConfig
 from tasks.infer.model_ref import make_model_ref

@@ -13,7 +13,7 @@ import yaml
 
 from servers import REPO, binary
 
-from helios.ops_prefect import CPU_POOL, GPU_DEPLOYMENT, GPU_POOL, PIPELINE_DEPLOYMENT, RESULTS_BLOCK
+from flows.deployments import CPU_POOL, GPU_DEPLOYMENT, GPU_POOL, PIPELINE_DEPLOYMENT, RESULTS_BLOCK
 
 INFRA = REPO / "infra"
 WORK_MOUNT = "/opt/helios/helios-work"  # $HELIOS_HOME/helios-work: relative run directories resolve here
@@ -43,7 +43,7 @@ def test_prefect_yaml_names_match_the_code():
 
 
 def test_pipeline_default_parameters_are_a_valid_config():
-    from helios.config import PipelineConfig
+    from flows.config import PipelineConfig
 
     [pipeline] = [d for d in load(REPO / "prefect.yaml")["deployments"] if d["name"] == "helios-pipeline"]
     config = PipelineConfig.model_validate(pipeline["parameters"]["config"])

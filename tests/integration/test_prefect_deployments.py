@@ -13,7 +13,7 @@ import yaml
 
 from servers import REPO, Server, free_port, http_get, python_module
 
-from helios.ops_prefect import CPU_POOL, GPU_DEPLOYMENT, GPU_LIMIT, GPU_POOL, PIPELINE_DEPLOYMENT, RESULTS_BLOCK
+from flows.deployments import CPU_POOL, GPU_DEPLOYMENT, GPU_LIMIT, GPU_POOL, PIPELINE_DEPLOYMENT, RESULTS_BLOCK
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> str:

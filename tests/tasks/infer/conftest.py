@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helios.config import ModelConfig
+from helios.models.config import ModelConfig
 from helios.models import load_model
 from tasks.infer.model_ref import make_model_ref
 from tasks.prepare.export import export_onnx
@@ -19,7 +19,7 @@ from tasks.prepare.export import export_onnx
 def mnist_ref(tmp_path_factory):
     out = tmp_path_factory.mktemp("mnist-onnx")
     path = export_onnx(load_model(ModelConfig(name="mnist-cnn")), out, 17)
-    return make_model_ref(ModelConfig(name="mnist-cnn"), path, intra_op_threads=1, max_pixels=1_000_000)
+    return make_model_ref(ModelConfig(name="mnist-cnn", max_image_pixels=1_000_000), path, intra_op_threads=1)
 
 
 @pytest.fixture(scope="session")

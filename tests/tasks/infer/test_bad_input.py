@@ -41,7 +41,7 @@ def test_bad_images_get_error_rows(tmp_path, mnist_ref, make_png, make_bomb, mak
     (root / "garbage.png").write_bytes(os.urandom(500))
     (root / "letter.jpg").write_text("Dear reader, this is a letter, not a picture.")
     (root / "bomb.png").write_bytes(make_bomb())
-    (root / "big.png").write_bytes(make_bomb(2000, 2000))  # under Pillow's limit, over infer.max_image_pixels
+    (root / "big.png").write_bytes(make_bomb(2000, 2000))  # under Pillow's limit, over model.max_image_pixels
     (root / "new\nline ünï.png").write_bytes(good)
     rows = run_stage(root, tmp_path / "run", mnist_ref)
     reasons = {p: r["error"] for p, r in rows.items() if r["status"] == "error"}
@@ -50,7 +50,7 @@ def test_bad_images_get_error_rows(tmp_path, mnist_ref, make_png, make_bomb, mak
     assert reasons["garbage.png"].startswith("not an image")
     assert reasons["letter.jpg"].startswith("not an image")
     assert reasons["bomb.png"].startswith("decompression bomb")
-    assert "decompression bomb: 2000x2000 pixels exceeds infer.max_image_pixels" in reasons["big.png"]
+    assert "decompression bomb: 2000x2000 pixels exceeds model.max_image_pixels" in reasons["big.png"]
     assert len(reasons) == 6
     ok = [r for r in rows.values() if r["status"] == "ok"]
     assert len(ok) == 6 and all(r["label"] in "0123456789" and 0 < r["confidence"] <= 1 for r in ok)

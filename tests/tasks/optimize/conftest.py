@@ -26,7 +26,7 @@ def digits(tmp_path_factory) -> tuple[list[Path], dict[str, str]]:
 @pytest.fixture(scope="session")
 def mnist(tmp_path_factory, digits):
     """The mnist-cnn adapter and its exported, parity-gated ONNX file."""
-    from helios.config import ModelConfig
+    from helios.models.config import ModelConfig
     from helios.models import load_model
     from tasks.prepare.config import PrepareConfig
     from tasks.prepare.core import prepare_model

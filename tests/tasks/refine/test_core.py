@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from tasks.refine.config import RefineConfig
+from tasks.refine.context import RefineContext
 from tasks.refine.core import refine_predictions
 
 FAST = dict(tent_epochs=1, max_rounds=2)
@@ -11,9 +12,10 @@ CPU = ("CPUExecutionProvider",)
 
 
 def refine(scan, tmp_path, frame=None, adapter=None, onnx_path=None, truth="given", **overrides):
-    cfg = RefineConfig(**{**FAST, **overrides})
-    return refine_predictions(cfg, scan.frame if frame is None else frame, scan.root, adapter or scan.adapter,
-                              onnx_path or scan.onnx_path, tmp_path, CPU, 1, scan.truth if truth == "given" else truth)
+    ctx = RefineContext(RefineConfig(**{**FAST, **overrides}), adapter or scan.adapter, onnx_path or scan.onnx_path,
+                        tmp_path, CPU, 1)
+    return refine_predictions(ctx, scan.frame if frame is None else frame, scan.root,
+                              scan.truth if truth == "given" else truth)
 
 
 @pytest.fixture(scope="module")

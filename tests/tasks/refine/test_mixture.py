@@ -7,10 +7,11 @@ import torch
 from helios.data.corruptions import apply_corruption
 from helios.models.mnist_cnn import normalize
 from helios.models.mnist_data import load_split
+from helios.models.base import softmax
 from tasks.refine.config import RefineConfig
+from tasks.refine.context import RefineContext
+from tasks.refine.core import refine_arrays
 from tasks.refine.domains import shifted_group
-from tasks.refine.rounds import refine_arrays
-from tasks.refine.tta import softmax
 from tasks.session import open_session
 
 N = 400
@@ -52,9 +53,10 @@ def test_clean_digits_keep_their_answers_while_the_fog_half_adapts(mnist_onnx, d
     adapter, onnx_path = mnist_onnx
     images, y, fog = half_and_half(digits, "fog")
     x = normalize(images)
-    probs = softmax(open_session(onnx_path).run({"image": x})[0])
+    probs = softmax(open_session(onnx_path).run({"image": x})[0].astype(np.float64))
     label, conf = probs.argmax(1), probs.max(1)
-    out = refine_arrays(RefineConfig(), x, label, conf, adapter, onnx_path, tmp_path, ("CPUExecutionProvider",), 2, y)
+    ctx = RefineContext(RefineConfig(), adapter, onnx_path, tmp_path, ("CPUExecutionProvider",), 2)
+    out = refine_arrays(ctx, x, label, conf, y)
 
     def error(labels, part):
         return float((labels[part] != y[part]).mean())

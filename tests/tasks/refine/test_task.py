@@ -24,17 +24,44 @@ def test_only_the_task_wrapper_imports_prefect_or_mlflow():
     ("tent.py", {"__future__", "copy", "torch", "tasks.refine.bn_adapt"}),
     ("bn_adapt.py", {"__future__", "typing", "torch"}),
     ("safety.py", {"__future__", "numpy"}),
-    ("tta.py", {"__future__", "dataclasses", "typing", "numpy", "scipy"}),
+    ("tta.py", {"__future__", "dataclasses", "typing", "numpy", "scipy", "helios.models.base"}),
 ])
 def test_algorithm_modules_import_only_torch_or_numpy(name, allowed):
     assert {m for m in imports(ROOT / name) if m.split(".")[0] != "torch"} <= allowed
 
 
+def test_no_module_imports_inside_a_function():
+    for path in ROOT.glob("*.py"):
+        functions = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)]
+        nested = [i.lineno for f in functions for i in ast.walk(f) if isinstance(i, (ast.Import, ast.ImportFrom))]
+        assert not nested, f"{path.name}: imports at lines {nested}"
+
+
+def test_the_package_imports_form_no_circle():
+    graph = {p.stem: {m.rsplit(".", 1)[-1] for m in imports(p) if m.startswith("tasks.refine.")} for p in ROOT.glob("*.py")}
+    for path in ROOT.glob("*.py"):  # ``from tasks.refine import tta``
+        tree = ast.parse(path.read_text())
+        graph[path.stem] |= {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "tasks.refine"
+                             for a in n.names}
+    done: set[str] = set()
+
+    def visit(name: str, trail: tuple[str, ...]) -> None:
+        assert name not in trail, " -> ".join([*trail, name])
+        if name not in done:
+            for dep in graph.get(name, ()):
+                visit(dep, (*trail, name))
+            done.add(name)
+
+    for name in graph:
+        visit(name, ())
+
+
 def test_task_wraps_the_core_without_retries(scan, tmp_path):
     from tasks.refine.config import RefineConfig
+    from tasks.refine.context import RefineContext
     from tasks.refine.task import refine_stage
 
     assert refine_stage.name == "refine" and refine_stage.retries == 0
-    frame, summary = refine_stage.fn(RefineConfig(enabled=False), scan.frame, scan.root, scan.adapter, scan.onnx_path,
-                                     tmp_path, ("CPUExecutionProvider",), 1, None)
+    ctx = RefineContext(RefineConfig(enabled=False), scan.adapter, scan.onnx_path, tmp_path, ("CPUExecutionProvider",), 1)
+    frame, summary = refine_stage.fn(ctx, scan.frame, scan.root, None)
     assert summary == {"status": "disabled"} and len(frame) == len(scan.frame)

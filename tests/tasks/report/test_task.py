@@ -12,6 +12,7 @@ from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRu
 from prefect.client.schemas.sorting import ArtifactSort
 
 from tasks.report.config import ReportConfig
+from tasks.report.summary import RunSummary
 from tasks.report.task import report_stage
 from tasks.report.validate import ValidationFailed
 
@@ -20,7 +21,9 @@ KEYS = ["helios-report", "helios-variants", "helios-report-html"]
 
 @flow(name="report-test")
 def report_flow(cfg: ReportConfig, summary: dict, run_dir: str, labels: tuple[str, ...]) -> dict:
-    return report_stage(cfg, summary, run_dir, labels)
+    typed = RunSummary(**{"input": "in", "labels": None, "model": {"name": "mnist-cnn", "variant": "fp32"},
+                          "files_per_s": None, "per_group": None, **summary})
+    return report_stage(cfg, typed, run_dir, labels)
 
 
 def artifacts_of(state) -> dict:

@@ -8,7 +8,7 @@ from typing import Callable
 
 from rich.console import Console
 
-from helios.config import PipelineConfig
+from flows.config import PipelineConfig
 from helios.errors import UsageError
 
 
@@ -23,7 +23,7 @@ def preflight(cfg: PipelineConfig) -> None:
         raise UsageError(f"--out {out} is a file: pass a directory for the run's results")
     from helios.models import load_model
 
-    load_model(cfg.model, cfg.prepare.allow_pickle, cfg.infer.max_image_pixels)
+    load_model(cfg.model)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -39,8 +39,8 @@ def run(
     pushgateway: Optional[str] = typer.Option(None, "--pushgateway", help="Push metrics here at the end."),
 ) -> None:
     """Run the whole pipeline (with no options: the built-in demo, embedded servers, under a minute)."""
-    from helios.config import load_config
-    from helios.runner import preflight, run_pipeline
+    from helios.cli.config_file import load_config
+    from helios.cli.run import preflight, run_pipeline
 
     flags = {"input": input, "model.name": model, "out": out_dir, "labels": labels, "infer.full": full or None,
              "infer.runner": runner, "infer.runner_address": ray_address or dask_address,
@@ -95,8 +95,8 @@ def optimize(
     out_dir: Path = typer.Option(..., "--out", help="Directory for the variants and optimize.json."),
 ) -> None:
     """Export, build the optimized variants, evaluate them and pick one; writes OUT/optimize.json and tracks it in MLflow."""
-    from helios.config import load_config
-    from helios.runner import user_errors
+    from helios.cli.config_file import load_config
+    from helios.cli.run import user_errors
 
     if sample is not None and not sample.is_dir():
         fail(f"sample directory {sample} does not exist: pass a directory of input files to --sample")
@@ -106,9 +106,9 @@ def optimize(
         fail(f"--out {out_dir} is a file: pass a directory for the variants")
     try:
         cfg = load_config(config, set_, {"model.name": model, "labels": str(labels) if labels else None})
-        from helios.optimize_command import run_optimize_command
+        from flows.optimize import optimize_command
 
-        result, champion = run_optimize_command(cfg, sample, out_dir)
+        result, champion = optimize_command(cfg, sample, out_dir)
     except UsageError as exc:
         fail(str(exc))
     except user_errors() as exc:  # a failed parity gate, a provider fallback with on_provider_fallback=fail
@@ -127,7 +127,7 @@ def compare(experiment: str = typer.Option("helios", "--experiment"), last: int 
                                                        help="Default: the embedded store of helios-work/.")) -> None:
     """Compare recent runs from MLflow: model, variant, hardware class, throughput, accuracy, LLM cost."""
     from flows.tracking import default_tracking_uri
-    from helios.compare import compare_runs, render_comparison
+    from helios.cli.compare import compare_runs, render_comparison
 
     uri = tracking_uri or default_tracking_uri(Path("helios-work"))
     try:
@@ -136,7 +136,7 @@ def compare(experiment: str = typer.Option("helios", "--experiment"), last: int 
         fail(str(exc))
 
 
-from helios.ops import ops_app  # noqa: E402  (the ops sub-commands; light imports only)
+from helios.cli.ops import ops_app  # noqa: E402  (the ops sub-commands; light imports only)
 app.add_typer(ops_app, name="ops")
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Compare Helios runs tracked in MLflow: the table users build in the MLflow UI, on the command line.
 
-The flow logs each run under the tag and metric names below; ``compare_runs`` reads them back.
+The flow logs each run under the tag and metric names of ``flows.tags``; ``compare_runs`` reads them back.
 mlflow is imported inside ``compare_runs`` only (importing it costs over a second).
 """
 from __future__ import annotations
@@ -13,27 +13,11 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from flows.tags import (METRIC_ACCURACY, METRIC_LLM_COST, METRIC_THROUGHPUT, TAG_HARDWARE_CLASS, TAG_MODEL,
+                        TAG_PARENT_RUN, TAG_VARIANT)
 from helios.errors import UsageError
 
-TAG_MODEL = "helios.model"
-TAG_VARIANT = "helios.variant"
-TAG_HARDWARE_CLASS = "helios.hardware_class"
-TAG_FLOW_RUN_ID = "prefect.flow_run_id"
-TAG_FLOW_RUN_URL = "prefect.flow_run_url"
-RUN_TAGS = (TAG_MODEL, TAG_VARIANT, TAG_HARDWARE_CLASS, TAG_FLOW_RUN_ID, TAG_FLOW_RUN_URL)
-
-METRIC_THROUGHPUT = "throughput_files_per_s"
-METRIC_ACCURACY = "accuracy_final"
-METRIC_LLM_COST = "llm_cost_usd"
-
 COLUMNS = ("run_id", "start", "model", "variant", "hardware_class", "throughput", "accuracy", "llm_cost_usd", "status")
-
-
-def make_run_tags(model: str, variant: str | None, hardware_class: str, flow_run_id: str | None = None,
-                  flow_run_url: str | None = None) -> dict[str, str]:
-    """The tags a Helios MLflow run carries (``mlflow.set_tags``); values left out when unknown."""
-    values = (model, variant, hardware_class, flow_run_id, flow_run_url)
-    return {tag: str(value) for tag, value in zip(RUN_TAGS, values) if value is not None}
 
 
 def _row(run) -> dict:
@@ -57,7 +41,7 @@ def _top_level_runs(client, experiment_id: str, last: int) -> list:
     while len(runs) < last:
         page = client.search_runs([experiment_id], max_results=max(4 * last, 100),
                                   order_by=["attributes.start_time DESC"], page_token=token)
-        runs += [r for r in page if "mlflow.parentRunId" not in r.data.tags]
+        runs += [r for r in page if TAG_PARENT_RUN not in r.data.tags]
         token = page.token
         if not token:
             break

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from helios.compare import (METRIC_ACCURACY, METRIC_LLM_COST, METRIC_THROUGHPUT, RUN_TAGS, compare_runs,
-                            make_run_tags, render_comparison)
+from flows.tags import METRIC_ACCURACY, METRIC_LLM_COST, METRIC_THROUGHPUT, RUN_TAGS, make_run_tags
+from helios.cli.compare import compare_runs, render_comparison
 from helios.errors import UsageError
 
 

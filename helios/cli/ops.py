@@ -67,7 +67,7 @@ def pools(
     api_url: Optional[str] = typer.Option(None, "--api-url", help="Default: PREFECT_API_URL."),
 ) -> None:
     """Create the helios-cpu and helios-gpu work pools, the 'gpu' limit and the result storage (idempotent)."""
-    from helios.ops_prefect import PoolSpec, ensure_all
+    from flows.deployments import PoolSpec, ensure_all
 
     try:
         spec = PoolSpec(gpu_slots=gpu_slots, results_dir=results_dir)

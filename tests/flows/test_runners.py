@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from tasks.infer.config import InferConfig
-from tasks.infer.runners import make_task_runner, split_threads
+from flows.runners import make_task_runner, split_threads
 
 
 def test_local_runner_runs_one_shard_per_core(mnist_ref):

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from helios.config import PipelineConfig, load_config
+from flows.config import PipelineConfig
+from helios.cli.config_file import load_config
 from helios.errors import UsageError
 
 
@@ -59,3 +60,10 @@ def test_bad_files(tmp_path):
 def test_json_schema_is_a_form_for_the_prefect_ui():
     schema = PipelineConfig.model_json_schema()
     assert {"model", "infer", "refine", "review", "report"} <= set(schema["properties"])
+
+
+@pytest.mark.parametrize("old,new", [("prepare.allow_pickle", "model.allow_pickle"),
+                                     ("infer.max_image_pixels", "model.max_image_pixels")])
+def test_moved_settings_name_their_new_place(old, new):
+    with pytest.raises(UsageError, match=f"moved to '{new}'"):
+        load_config(overrides=[f"{old}=1"])

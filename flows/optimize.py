@@ -1,0 +1,88 @@
+"""``helios optimize``: detect + prepare + optimize on a sample directory, tracked in MLflow like the pipeline.
+
+The settings are the pipeline's (``--config`` and ``--set`` for ``model.*``, ``prepare.*``, ``optimize.*`` and
+``tracking.*``; other sections are accepted and unused), so a model, a calibration method or a quality budget is
+chosen the same way for both commands. Tracking goes where ``helios run`` puts it by default: an MLflow SQLite
+store in the parent of ``--out`` (``helios-work/`` for ``--out helios-work/optimize``), one run per call with the
+variants nested under it, and the selected model registered and promoted like the pipeline's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from flows.inputs import sample_paths
+from flows.config import PipelineConfig
+from helios.errors import UsageError
+from helios.files import read_labels
+from helios.models import load_model
+from tasks.optimize.config import OptimizeConfig
+from tasks.optimize.core import optimize_model
+from tasks.prepare.config import PrepareConfig
+
+
+def optimize_command(cfg: PipelineConfig, sample: Path | None, out: Path) -> tuple[object, dict | None]:
+    """(OptimizeResult, champion summary or None when tracking is off)."""
+    adapter = load_model(cfg.model)
+    truth, _ = read_labels(cfg.labels)
+    result, profile = run_optimize(adapter, sample, out, cfg.optimize, cfg.prepare, truth)
+    if not cfg.tracking.enabled:
+        return result, None
+    return result, track_optimize(cfg, result, out, adapter.name, profile.hardware_class)
+
+
+def demo_sample(modality: str, out: Path, n: int) -> tuple[Path, dict[str, str]]:
+    """The demo corpus for the model's modality (digits or topic texts) with its labels."""
+    from helios.data.demo import write_demo
+
+    labels_csv = write_demo("text" if modality == "text" else "mnist", n, out)
+    truth, _ = read_labels(labels_csv)
+    return labels_csv.parent / "files", truth
+
+
+def run_optimize(adapter, sample: Path | None, out: Path, cfg: OptimizeConfig | None = None,
+                 prepare_cfg: PrepareConfig | None = None, truth: dict[str, str] | None = None):
+    """Detect the hardware, export with the parity gate, then optimize into ``out``.
+
+    With no ``sample`` the demo corpus for the model's modality is written under ``out`` and its labels used;
+    ``truth`` (path relative to ``sample`` -> label) adds accuracy per variant. Returns (result, profile).
+    """
+    from hardware import detect, recommend
+    from tasks.prepare.core import prepare_model
+
+    cfg = cfg or OptimizeConfig()
+    prepare_cfg = prepare_cfg or PrepareConfig()
+    out = out.resolve()  # the static quantizer runs in a temp working directory: relative paths would break there
+    out.mkdir(parents=True, exist_ok=True)
+    n = max(cfg.eval_samples, cfg.calibration_samples, prepare_cfg.parity_samples)
+    if sample is None:
+        sample, truth = demo_sample(adapter.modality, out / "demo-sample", n)
+    files = sorted(p for p in sample.rglob("*") if p.is_file() and not p.name.startswith("."))
+    paths = sample_paths(files, n)
+    if not paths:
+        raise UsageError(f"sample directory {sample} holds no files: pass a directory of your input files to --sample")
+    profile = detect(str(sample), io_probe_seconds=0.2)
+    rec = recommend(profile)
+    prepared = prepare_model(prepare_cfg, adapter, paths, out, rec.providers, rec.intra_op_threads)
+    return optimize_model(cfg, adapter, prepared, paths, out, profile, rec, truth), profile
+
+
+def track_optimize(cfg: PipelineConfig, result, out: Path, model_name: str, hardware_class: str) -> dict:
+    """One MLflow run for this call: settings, the variants as nested runs, the selected model registered."""
+    from flows.tags import TAG_COMMAND, TAG_RUN_NAME, make_run_tags
+    from flows.tracking import Tracker, default_tracking_uri
+    from flows.tracking_models import log_variants, register_champion
+
+    work_dir = out.resolve().parent
+    uri = cfg.tracking.mlflow_uri or default_tracking_uri(work_dir)
+    tags = {**make_run_tags(model_name, result.selected.name, hardware_class),
+            TAG_COMMAND: "optimize", TAG_RUN_NAME: f"optimize-{model_name}-{out.name}"}
+    tracker = Tracker.start(uri, cfg.tracking.experiment, work_dir / "mlartifacts", tags)
+    try:
+        tracker.params({"config": cfg.model_dump(mode="json", include={"model", "prepare", "optimize"})})
+        log_variants(result, tracker.run_id, uri)
+        champion = register_champion(result, model_name, hardware_class, tracker.run_id, uri)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+    return {**champion, "tracking_uri": uri, "run_id": tracker.run_id}

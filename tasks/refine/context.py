@@ -1,0 +1,27 @@
+"""What every step of the refine stage needs to know about the run, as one frozen value."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from helios.models.base import ModelAdapter
+from tasks.refine.config import RefineConfig
+
+
+@dataclass(frozen=True)
+class RefineContext:
+    """The stage's settings and the model it refines: config, adapter, the ONNX file the infer stage ran, the folder
+    for adapted models, and the ONNX Runtime providers and intra-op threads (also torch's while adapting; 0: default).
+    """
+
+    cfg: RefineConfig
+    adapter: ModelAdapter
+    onnx_path: Path
+    work_dir: Path
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "onnx_path", Path(self.onnx_path))
+        object.__setattr__(self, "work_dir", Path(self.work_dir))
+        object.__setattr__(self, "providers", tuple(self.providers))

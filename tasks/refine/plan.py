@@ -1,0 +1,39 @@
+"""Which of the requested methods apply to the model, decided before any file is read."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from helios.models.base import ModelAdapter
+from tasks.refine import tta
+from tasks.refine.config import RefineConfig
+from tasks.refine.ttt import can_adapt
+
+
+@dataclass
+class Plan:
+    """What can run: the TTA policy (None: no TTA), the torch module and why TTT cannot run (None: it can)."""
+
+    policy: tta.Policy | None
+    module: object
+    ttt_reason: str | None
+    notes: list[str]
+
+
+def plan_methods(cfg: RefineConfig, adapter: ModelAdapter) -> Plan:
+    """Decide which requested methods apply to this model, before any file is read; skips become notes."""
+    policy, module, ttt_reason, notes = None, None, "TTT not requested", []
+    if "tta" in cfg.methods:
+        try:
+            policy = tta.build_policy(cfg.tta_policy, cfg.tta_merge, adapter.modality)
+        except tta.PolicyError as exc:
+            notes.append(f"TTA skipped: {exc}")
+    if {"bn-adapt", "tent"} & set(cfg.methods):
+        if adapter.modality == "text":
+            ttt_reason = ("TTT skipped: BN-adapt and TENT adapt BatchNorm layers, and text encoders have none "
+                          "(they use LayerNorm)")
+        else:
+            module = adapter.torch_module()
+            ttt_reason = can_adapt(module, adapter.input_names)
+        if ttt_reason:
+            notes.append(ttt_reason)
+    return Plan(policy, module, ttt_reason, notes)

@@ -1,0 +1,40 @@
+"""RunSummary: what a pipeline run measured, typed; the report and MLflow tracking read it, report.json holds it."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class RunSummary:
+    """One run's results, in report.json's order. Sections that stages return as dicts (refine, review, counts)
+    stay dicts: their keys are documented by the stage that writes them."""
+
+    hardware: dict[str, Any]
+    recommendation: dict[str, Any]
+    config: dict[str, Any]
+    input: str
+    labels: str | None
+    model: dict[str, Any]  # name, variant, parity
+    counts: dict[str, int]
+    stages: dict[str, float]
+    variants: list[dict[str, Any]]
+    throughput: list[dict[str, float]]
+    files_per_s: float | None
+    accuracy: dict[str, float]
+    per_group: dict[str, dict[str, float]] | None
+    refine: dict[str, Any]
+    review: dict[str, Any]
+    mlflow: dict[str, Any] = field(default_factory=dict)  # tracking_uri, run_id
+    prefect: dict[str, Any] = field(default_factory=dict)  # flow_run_id, flow_run_url
+
+    @property
+    def hardware_class(self) -> str | None:
+        return self.hardware.get("hardware_class")
+
+    @property
+    def llm_cost_usd(self) -> float:
+        return float(self.review.get("cost_usd") or 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
