@@ -80,13 +80,16 @@ def pools(
         out.print(line, highlight=False)
 
 
+def url_option(server: str, default_note: str) -> typer.models.OptionInfo:
+    """An optional ``--<server>`` URL flag of ``helios ops check``."""
+    return typer.Option(None, f"--{server.lower()}", help=f"{server} URL ({default_note}).")
+
+
 @ops_app.command()
-def check(
-    prefect_api: Optional[str] = typer.Option(None, "--prefect", help="Prefect API URL (default: PREFECT_API_URL)."),
-    mlflow: Optional[str] = typer.Option(None, "--mlflow", help="MLflow URL (default: MLFLOW_TRACKING_URI if http)."),
-    pushgateway: Optional[str] = typer.Option(None, "--pushgateway", help="Pushgateway URL, e.g. http://127.0.0.1:9091."),
-    prometheus: Optional[str] = typer.Option(None, "--prometheus", help="Prometheus URL, e.g. http://127.0.0.1:9090."),
-) -> None:
+def check(prefect_api: Optional[str] = url_option("Prefect", "default: PREFECT_API_URL"),
+          mlflow: Optional[str] = url_option("MLflow", "default: MLFLOW_TRACKING_URI if http"),
+          pushgateway: Optional[str] = url_option("Pushgateway", "e.g. http://127.0.0.1:9091"),
+          prometheus: Optional[str] = url_option("Prometheus", "e.g. http://127.0.0.1:9090")) -> None:
     """Ping each server's health endpoint; exit code 1 if one is down."""
     tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
     prefect_api = prefect_api or os.environ.get("PREFECT_API_URL")
