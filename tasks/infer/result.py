@@ -8,6 +8,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel
 
+from helios.errors import error_kind
+
 
 class InferResult(BaseModel):
     predictions_path: str
@@ -19,11 +21,6 @@ class InferResult(BaseModel):
     batch_size: int
     worker_processes: int = 0  # distinct processes that ran shards this run
     model_loads: int = 0  # ONNX sessions built this run: one per worker process, not one per shard
-
-
-def reason_of(message: str) -> str:
-    """The short kind of an error message: its text before the first colon."""
-    return message.split(":", 1)[0].strip()
 
 
 @dataclass
@@ -39,7 +36,7 @@ class Summary:
         self.files += table.num_rows
         self.ok += pc.sum(pc.equal(table["status"], "ok")).as_py() or 0
         self.flagged += pc.sum(pc.is_valid(table["flag"])).as_py() or 0
-        self.reasons.update(reason_of(e) for e in table["error"].drop_null().to_pylist())
+        self.reasons.update(error_kind(e) for e in table["error"].drop_null().to_pylist())
 
     def counts(self, reused: int) -> dict[str, int]:
         return {"files": self.files, "ok": self.ok, "error": self.files - self.ok, "flagged": self.flagged,

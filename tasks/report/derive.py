@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from helios.errors import error_kind
+
 SKIP_PREFIXES = ("skipped", "not run", "not built", "disabled", "off")
 
 
@@ -66,12 +68,12 @@ def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
 
 
 def errors_by_kind(predictions: pd.DataFrame, manifest: pd.DataFrame | None, examples: int) -> list[dict]:
-    """Error rows grouped by kind (the text before the first ':'), with example paths; plus manifest files never predicted."""
+    """Error rows grouped by kind (``helios.errors.error_kind``), with example paths; plus manifest files never predicted."""
     rows: list[dict] = []
     if "status" in predictions and "error" in predictions:
         failed = predictions[predictions["status"] != "ok"]
         messages = failed["error"].fillna("unknown: no error message").astype(str)
-        kinds = messages.str.split(":", n=1).str[0].str.strip().replace("", "unknown")
+        kinds = messages.map(error_kind)
         for kind, group in failed.assign(_kind=kinds, _msg=messages).groupby("_kind", sort=False):
             rows.append({
                 "kind": kind,

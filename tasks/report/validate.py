@@ -52,14 +52,19 @@ def format_failures(result: ValidationResult) -> str:
 
 
 def _manifest_expectations(gxe: Any) -> list:
+    # The scan refuses what it must not open (FIFOs, links out of the root, loops): such a row has a scan_error and no
+    # hash by contract, and becomes the file's error row; only the rows the scan read must carry a hash.
+    scanned = {"row_condition": "scanned==True", "condition_parser": "pandas"}
     return [
         *(gxe.ExpectColumnToExist(column=c) for c in ("path", "size_bytes", "content_hash")),
         gxe.ExpectColumnValuesToNotBeNull(column="path", description="every file has a path"),
         gxe.ExpectColumnValuesToBeUnique(column="path", description="each file is listed once"),
         gxe.ExpectColumnValuesToNotBeNull(column="size_bytes", description="every file has a size"),
         gxe.ExpectColumnValuesToBeBetween(column="size_bytes", min_value=0, description="sizes are >= 0"),
-        gxe.ExpectColumnValuesToNotBeNull(column="content_hash", description="every file has a content hash"),
-        gxe.ExpectColumnValueLengthsToBeBetween(column="content_hash", min_value=1, description="hashes are not empty"),
+        gxe.ExpectColumnValuesToNotBeNull(column="content_hash", description="every file the scan read has a content hash",
+                                          **scanned),
+        gxe.ExpectColumnValueLengthsToBeBetween(column="content_hash", min_value=1, description="hashes are not empty",
+                                                **scanned),
     ]
 
 
@@ -145,11 +150,13 @@ def _context(docs_dir: Path) -> Any:
 
 
 def load_frames(run_dir: Path) -> dict[str, pd.DataFrame]:
-    """The frames to validate; predictions gain ``path_in_manifest`` when a manifest exists."""
+    """The frames to validate; the manifest gains ``scanned`` (no scan_error), predictions ``path_in_manifest``."""
     frames: dict[str, pd.DataFrame] = {}
     catalog = RunCatalog(Path(run_dir))
     if catalog.manifest.is_file():
-        frames["manifest"] = pd.read_parquet(catalog.manifest).reset_index(drop=True)
+        manifest = pd.read_parquet(catalog.manifest).reset_index(drop=True)
+        refused = manifest["scan_error"].notna() if "scan_error" in manifest else pd.Series(False, index=manifest.index)
+        frames["manifest"] = manifest.assign(scanned=~refused)
     predictions = pd.read_parquet(catalog.predictions).reset_index(drop=True)
     if "manifest" in frames and "path" in predictions and "path" in frames["manifest"]:
         predictions["path_in_manifest"] = predictions["path"].isin(frames["manifest"]["path"])
