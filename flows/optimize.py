@@ -15,6 +15,7 @@ from flows.config import PipelineConfig
 from helios.errors import UsageError
 from helios.files import read_labels
 from helios.models import load_model
+from helios.redact import redact
 from tasks.optimize.config import OptimizeConfig
 from tasks.optimize.core import optimize_model
 from tasks.prepare.config import PrepareConfig
@@ -78,7 +79,7 @@ def track_optimize(cfg: PipelineConfig, result, out: Path, model_name: str, hard
             TAG_COMMAND: "optimize", TAG_RUN_NAME: f"optimize-{model_name}-{out.name}"}
     tracker = Tracker.start(uri, cfg.tracking.experiment, work_dir / "mlartifacts", tags)
     try:
-        tracker.params({"config": cfg.model_dump(mode="json", include={"model", "prepare", "optimize"})})
+        tracker.params({"config": redact(cfg.model_dump(mode="json", include={"model", "prepare", "optimize"}))})
         log_variants(result, tracker.run_id, uri)
         champion = register_champion(result, model_name, hardware_class, tracker.run_id, uri)
     except BaseException:

@@ -15,6 +15,7 @@ from flows.tracking import PendingTracker, start_tracking, track_run
 from helios.catalog import RunCatalog
 from helios.files import read_labels, write_frame, write_json
 from helios.models import ModelAdapter, load_model
+from helios.redact import redact, redact_uri
 from tasks.detect.task import detect_stage
 from tasks.infer.model_ref import ModelRef, make_model_ref
 from tasks.infer.task import scan_stage
@@ -121,7 +122,7 @@ def open_run(config: PipelineConfig, catalog: RunCatalog) -> OpenRun:
     """Resolve the input and labels, load the model, write config.json; fails in the first second on bad input."""
     input_root, labels_csv = resolve_input(config, catalog)
     truth, groups = read_labels(labels_csv)
-    write_json(config.model_dump(mode="json"), catalog.config)
+    write_json(redact(config.model_dump(mode="json")), catalog.config)
     adapter = load_model(config.model)
     return OpenRun(config, catalog, input_root, labels_csv, truth, groups, adapter, Stopwatch())
 
@@ -156,13 +157,13 @@ def summarize(run: OpenRun, predictions: pd.DataFrame, hardware, prepared, optim
         refined["per_corruption"] = corruption_errors(per_group)
     tracker = tracking.result()
     return RunSummary(
-        hardware=profile.to_dict(), recommendation=rec.to_dict(), config=run.config.model_dump(mode="json"),
-        input=run.input_root, labels=run.labels_csv,
+        hardware=profile.to_dict(), recommendation=rec.to_dict(), config=redact(run.config.model_dump(mode="json")),
+        input=redact_uri(run.input_root), labels=redact_uri(run.labels_csv),
         model={"name": run.adapter.name, "variant": optimized.selected.name, "parity": prepared.parity},
         counts=inferred.counts, stages=dict(run.clock.stages), variants=[v.to_dict() for v in optimized.variants],
         throughput=inferred.throughput, files_per_s=inferred.files_per_s,
         accuracy=stage_accuracy(predictions, run.truth), per_group=per_group, refine=refined, review=reviewed,
-        mlflow={"tracking_uri": tracker.tracking_uri, "run_id": tracker.run_id}, prefect=tracking.prefect)
+        mlflow={"tracking_uri": redact_uri(tracker.tracking_uri), "run_id": tracker.run_id}, prefect=tracking.prefect)
 
 
 def finish_report(catalog: RunCatalog, stages: dict[str, float]) -> dict[str, float]:

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from flows.tags import TAG_RUN_NAME
 from helios.nested import flatten
+from helios.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ def start_tracking(config, catalog, flow_run_id, flow_run_url) -> Tracker:
     if flow_run_url:
         tags[TAG_FLOW_RUN_URL] = str(flow_run_url)
     tracker = Tracker.start(uri, config.tracking.experiment, catalog.mlflow_artifacts, tags)
-    tracker.params({"config": config.model_dump(mode="json")})
+    tracker.params({"config": redact(config.model_dump(mode="json"))})
     return tracker
 
 

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from helios.errors import UsageError
+from helios.redact import redact_uri
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Helios: a Prefect + ONNX Runtime + MLflow model pipeline.")
@@ -116,7 +117,7 @@ def optimize(
     out.print(f"selected [bold]{result.selected.name}[/] ({result.selected.reason}); table in {result.table_path}")
     if champion:
         promoted = "promoted to champion" if champion["promoted"] else "not promoted"
-        out.print(f"MLflow: run {champion['run_id']} in {champion['tracking_uri']}; registered "
+        out.print(f"MLflow: run {champion['run_id']} in {redact_uri(champion['tracking_uri'])}; registered "
                   f"{champion['registered_model']} version {champion['version']}, {promoted} "
                   f"({champion['comparison']['why']})")
 

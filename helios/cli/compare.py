@@ -16,6 +16,7 @@ from rich.table import Table
 from flows.tags import (METRIC_ACCURACY, METRIC_LLM_COST, METRIC_THROUGHPUT, TAG_HARDWARE_CLASS, TAG_MODEL,
                         TAG_PARENT_RUN, TAG_VARIANT)
 from helios.errors import UsageError
+from helios.redact import redact_uri
 
 COLUMNS = ("run_id", "start", "model", "variant", "hardware_class", "throughput", "accuracy", "llm_cost_usd", "status")
 
@@ -54,7 +55,7 @@ def compare_runs(tracking_uri: str, experiment: str = "helios", last: int = 10) 
         raise UsageError(f"--last {last} must be at least 1")
     if tracking_uri.startswith("sqlite:///") and not Path(tracking_uri.removeprefix("sqlite:///")).is_file():
         # MLflow would create an empty store there; say where we looked instead.
-        raise UsageError(f"no MLflow store at {tracking_uri}: run `helios run` first or pass --tracking-uri")
+        raise UsageError(f"no MLflow store at {redact_uri(tracking_uri)}: run `helios run` first or pass --tracking-uri")
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -64,10 +65,10 @@ def compare_runs(tracking_uri: str, experiment: str = "helios", last: int = 10) 
         if found is None:
             names = sorted(e.name for e in client.search_experiments())
             known = ", ".join(names) if names else "none yet"
-            raise UsageError(f"no MLflow experiment {experiment!r} at {tracking_uri}: pass --experiment with one of: {known}")
+            raise UsageError(f"no MLflow experiment {experiment!r} at {redact_uri(tracking_uri)}: pass --experiment with one of: {known}")
         runs = _top_level_runs(client, found.experiment_id, last)
     except MlflowException as exc:
-        raise UsageError(f"cannot read MLflow runs at {tracking_uri}: {exc.message}") from exc
+        raise UsageError(f"cannot read MLflow runs at {redact_uri(tracking_uri)}: {redact_uri(exc.message)}") from exc
     frame = pd.DataFrame([_row(r) for r in runs], columns=list(COLUMNS))
     frame.attrs["experiment"] = experiment
     return frame

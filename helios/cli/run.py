@@ -10,6 +10,7 @@ from rich.console import Console
 
 from flows.config import PipelineConfig
 from helios.errors import UsageError
+from helios.redact import redact_uri
 
 
 def preflight(cfg: PipelineConfig) -> None:
@@ -75,5 +76,5 @@ def print_result(result: dict, console: Console) -> None:
     if (run_dir / "report.html").exists():
         console.print(f"  report:      {run_dir}/report.html")
     if result.get("tracking_uri"):
-        console.print(f"  MLflow UI:   mlflow ui --backend-store-uri {result['tracking_uri']}  (then http://127.0.0.1:5000)")
+        console.print(f"  MLflow UI:   mlflow ui --backend-store-uri {redact_uri(result['tracking_uri'])}  (then http://127.0.0.1:5000)")
     console.print("  Prefect UI:  prefect server start  (then http://127.0.0.1:4200; this run is in the local Prefect database)")

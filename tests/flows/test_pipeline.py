@@ -93,3 +93,15 @@ def test_remote_input_runs_every_stage(prefect_harness, tmp_path):
     assert report["accuracy"]["refine"] > report["accuracy"]["infer"]  # half the digits are motion-blurred
     copies = run_dir / "input-copies"
     assert len(list(copies.rglob("*.png"))) == 200  # the readable files, once each
+
+
+def test_credentials_in_uris_reach_no_file_of_the_run_or_the_mlflow_store(prefect_harness, tmp_path):
+    secret = "s3cr3t-Tok3n-4242"
+    result, run_dir = run(tmp_path, "demo.n=60", "optimize.enabled=false", "refine.enabled=false",
+                          f"review.api_base=https://bob:{secret}@llm.example.com/v1?api_key={secret}",
+                          f"infer.runner_address=tcp://alice:{secret}@10.0.0.1:8786")
+    assert result["mlflow_run_id"]
+    leaked = [p for p in tmp_path.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()]
+    assert leaked == []
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["review"]["api_base"] == "https://***@llm.example.com/v1?api_key=***"
