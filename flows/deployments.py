@@ -5,6 +5,7 @@ here are the ones ``prefect.yaml`` and ``flows/dispatch.py`` use; a test checks 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,3 +88,64 @@ def ensure_all(spec: PoolSpec) -> list[str]:
         ]
     done.append(ensure_result_storage(RESULTS_BLOCK, spec.results_dir))
     return done
+
+
+# --- what a worker does before and at the start of a deployment's flow run
+
+CODE_OPT_IN = "HELIOS_ALLOW_DEPLOYMENT_CODE"  # worker env or job variable: "1" lets parameters run code on it
+
+
+def helios_home() -> Path:
+    """The Helios checkout a worker runs: ``$HELIOS_HOME``, else the checkout or installation these modules come
+    from (for a process worker started from the checkout, that is the checkout itself)."""
+    configured = os.environ.get("HELIOS_HOME")
+    return Path(configured) if configured else Path(__file__).resolve().parents[1]
+
+
+def home_problem(home: Path) -> str | None:
+    """Why ``home`` cannot serve the deployments (None when it can): it must hold flows/pipeline.py."""
+    if not (home / "flows" / "pipeline.py").is_file():
+        return (f"HELIOS_HOME={home} does not hold Helios (no flows/pipeline.py): set HELIOS_HOME to the Helios "
+                "checkout the worker runs, e.g. `export HELIOS_HOME=/opt/helios` (the worker images set it)")
+    return None
+
+
+def enter_helios_home() -> dict:
+    """Prefect pull step (prefect.yaml): change into the Helios checkout; one line naming HELIOS_HOME if it is wrong.
+
+    Relative run directories in deployment parameters (``out: helios-work/...``) resolve against it."""
+    home = helios_home()
+    problem = home_problem(home)
+    if problem:
+        raise RuntimeError(problem)
+    os.chdir(home)
+    return {"directory": str(home)}
+
+
+def code_running_settings(model_name: str, allow_pickle: bool) -> list[str]:
+    """The settings of a run that execute code on the machine: ``module:factory`` imports and runs a module, and
+    ``model.allow_pickle`` unpickles a checkpoint."""
+    from helios.models import is_factory
+
+    found = [f"model.name={model_name!r} (module:factory imports and runs code)"] if is_factory(model_name) else []
+    return found + (["model.allow_pickle=true (unpickling runs code)"] if allow_pickle else [])
+
+
+def running_deployment_id() -> str | None:
+    """The deployment the current flow run was started from (None: started directly, e.g. by the CLI)."""
+    from prefect.runtime import deployment
+
+    return deployment.id
+
+
+def check_deployment_parameters(model, deployment_id: str | None) -> None:
+    """Anyone who can reach the Prefect API can set a deployment's parameters: a flow run started from a
+    deployment may run code (``model``: a ModelConfig) only on a worker that opted in (``HELIOS_ALLOW_DEPLOYMENT_CODE=1``). The CLI is not
+    affected (the user runs their own code there)."""
+    risky = code_running_settings(model.name, model.allow_pickle)
+    if deployment_id is None or not risky or os.environ.get(CODE_OPT_IN) == "1":
+        return
+    from helios.errors import UsageError
+
+    raise UsageError(f"deployment parameters ask for {' and '.join(risky)}, which this worker does not allow: set "
+                     f"{CODE_OPT_IN}=1 in the worker's environment or the work pool's job variables to opt in")

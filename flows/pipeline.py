@@ -9,6 +9,7 @@ import pandas as pd
 from prefect import flow, get_run_logger
 
 from flows.config import PipelineConfig
+from flows.deployments import check_deployment_parameters, running_deployment_id
 from flows.dispatch import run_infer_stage
 from flows.inputs import decodable_root, manifest_sample, resolve_input
 from flows.tracking import PendingTracker, start_tracking, track_run
@@ -120,6 +121,7 @@ class OpenRun:
 
 def open_run(config: PipelineConfig, catalog: RunCatalog) -> OpenRun:
     """Resolve the input and labels, load the model, write config.json; fails in the first second on bad input."""
+    check_deployment_parameters(config.model, running_deployment_id())
     input_root, labels_csv = resolve_input(config, catalog)
     truth, groups = read_labels(labels_csv)
     write_json(redact(config.model_dump(mode="json")), catalog.config)

@@ -38,6 +38,16 @@ def check_endpoint(name: str, url: str, timeout_s: float = 5.0) -> Check:
         return Check(name, url, False, f"unreachable: {reason}")
 
 
+def check_home() -> Check:
+    """The checkout deployments run on this machine (HELIOS_HOME, else the one Helios is imported from)."""
+    from flows.deployments import helios_home, home_problem
+
+    home = helios_home()
+    problem = home_problem(home)
+    source = "HELIOS_HOME" if os.environ.get("HELIOS_HOME") else "HELIOS_HOME unset: the checkout Helios runs from"
+    return Check("helios home", str(home), problem is None, problem or source)
+
+
 def health_urls(prefect_api: str | None, mlflow: str | None, pushgateway: str | None,
                 prometheus: str | None) -> dict[str, str]:
     """Each server's health endpoint, for the base URLs given (None: not checked)."""
@@ -90,16 +100,13 @@ def check(prefect_api: Optional[str] = url_option("Prefect", "default: PREFECT_A
           mlflow: Optional[str] = url_option("MLflow", "default: MLFLOW_TRACKING_URI if http"),
           pushgateway: Optional[str] = url_option("Pushgateway", "e.g. http://127.0.0.1:9091"),
           prometheus: Optional[str] = url_option("Prometheus", "e.g. http://127.0.0.1:9090")) -> None:
-    """Ping each server's health endpoint; exit code 1 if one is down."""
+    """Check HELIOS_HOME (what deployments run) and ping each server's health endpoint; exit code 1 if one is
+    wrong or down."""
     tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
     prefect_api = prefect_api or os.environ.get("PREFECT_API_URL")
     mlflow = mlflow or (tracking if tracking.startswith("http") else None)
     urls = health_urls(prefect_api, mlflow, pushgateway, prometheus)
-    if not urls:
-        err.print("[bold red]error:[/] nothing to check: pass --prefect, --mlflow, --pushgateway or --prometheus",
-                  highlight=False)
-        raise typer.Exit(2)
-    results = [check_endpoint(name, url) for name, url in urls.items()]
+    results = [check_home()] + [check_endpoint(name, url) for name, url in urls.items()]
     table = Table("server", "url", "status")
     for r in results:
         table.add_row(r.name, r.url, f"[green]ok[/] ({r.detail})" if r.ok else f"[red]down[/] ({r.detail})")

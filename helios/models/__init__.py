@@ -11,7 +11,12 @@ from helios.models.config import ModelConfig
 BUILT_IN = ("mnist-cnn", "minilm")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
-__all__ = ["BUILT_IN", "Decoded", "InputError", "ModelAdapter", "ModelConfig", "Scored", "load_model"]
+__all__ = ["BUILT_IN", "Decoded", "InputError", "ModelAdapter", "ModelConfig", "Scored", "is_factory", "load_model"]
+
+
+def is_factory(name: str) -> bool:
+    """Is ``name`` a ``module:factory`` model (code that load_model imports and runs)?"""
+    return bool(_FACTORY.match(name))
 
 
 def load_model(cfg: ModelConfig) -> ModelAdapter:
@@ -39,7 +44,7 @@ def load_model(cfg: ModelConfig) -> ModelAdapter:
             return load_sentence_model(path, cfg.label_descriptions)
         except InputError as exc:
             raise UsageError(str(exc)) from exc
-    if _FACTORY.match(name):
+    if is_factory(name):
         from helios.models.user import load_torch_classifier
 
         return load_torch_classifier(name, cfg.checkpoint, cfg.labels, cfg.image_size, cfg.channels, allow_pickle, max_pixels,

@@ -76,7 +76,7 @@ def test_helios_ops_check_reports_up_and_down_servers(pushgateway, prometheus, t
                                       "--prometheus", prometheus), capture_output=True, text=True, timeout=60,
                         env=env, cwd=REPO)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert ok.stdout.count("ok (HTTP 200)") == 2
+    assert ok.stdout.count("ok (HTTP 200)") == 2 and "helios home" in ok.stdout
     down = subprocess.run(python_module("helios.cli", "ops", "check", "--mlflow", f"http://127.0.0.1:{free_port()}"),
                           capture_output=True, text=True, timeout=60, env=env, cwd=REPO)
     assert down.returncode == 1 and "down (unreachable" in down.stdout

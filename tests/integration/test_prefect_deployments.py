@@ -77,7 +77,7 @@ def test_pools_limit_and_deployments_match_prefect_yaml(deployed, prefect_server
     assert [s.schedule.cron for s in pipeline.schedules] == ["0 2 * * *"]
     assert pipeline.parameters == spec["deployments"][0]["parameters"]
     # the working directory is read on the worker at run time, not frozen at deploy time
-    assert pipeline.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": "{{ $HELIOS_HOME }}"}}]
+    assert pipeline.pull_steps == [{"flows.deployments.enter_helios_home": {}}]
     env = gpu.job_variables["env"]
     assert env["CUDA_VISIBLE_DEVICES"] == "0" and env["PREFECT_RESULTS_PERSIST_BY_DEFAULT"] == "true"
     assert env["PREFECT_RESULTS_DEFAULT_STORAGE_BLOCK"] == f"local-file-system/{RESULTS_BLOCK}"
