@@ -3,6 +3,7 @@
     python benchmarks/bench_infer.py text  --n 50000 --onnx OPT/int8-dynamic.onnx --variant int8-dynamic
     python benchmarks/bench_infer.py mnist --n 50000 --onnx PREP/model.onnx
     python benchmarks/bench_infer.py memory --n 50000 --big 200000 --onnx PREP/model.onnx
+    python benchmarks/bench_infer.py isolation --kind mnist --n 50000 --onnx PREP/model.onnx --rounds 2
 
 Each contender's wall time, throughput and peak memory (RSS summed over its process tree, sampled every 100 ms)
 are printed with the machine's load average before and after, then the ratios the issue asks for.
@@ -61,9 +62,9 @@ def measure(name: str, cmd: list[str], timeout: float = 3600) -> dict:
     return row
 
 
-def helios_cmd(corpus, out, args, full=False) -> list[str]:
+def helios_cmd(corpus, out, args, isolation: str = "process") -> list[str]:
     cmd = [sys.executable, str(HERE / "bench_infer_helios.py"), "--corpus", str(corpus), "--out", str(out),
-           "--model", args.model, "--onnx", args.onnx, "--variant", args.variant]
+           "--model", args.model, "--onnx", args.onnx, "--variant", args.variant, "--isolation", isolation]
     if args.batch_size:
         cmd += ["--batch-size", str(args.batch_size)]
     return cmd
@@ -98,6 +99,27 @@ def run_memory(args) -> list[dict]:
     return rows
 
 
+def run_isolation(args) -> list[dict]:
+    """Local shards in worker processes against threads, interleaved rounds on the same corpus, fresh run dirs."""
+    corpus = write_corpus(args.kind, args.n, Path(args.work) / f"{args.kind}-{args.n}")
+    rows = []
+    for _ in range(args.rounds):
+        for isolation in ("thread", "process"):
+            out = Path(args.work) / f"run-{args.kind}-{args.n}-{isolation}"
+            subprocess.run(["rm", "-rf", str(out)], check=True)
+            rows.append(measure(f"helios {isolation}", helios_cmd(corpus, out, args, isolation)))
+    return rows
+
+
+def report_isolation(rows: list[dict]) -> None:
+    """Median stage files/s per isolation mode and the cost of processes against threads."""
+    from statistics import median
+
+    rate = {m: median(r["files_per_s"] for r in rows if r["name"] == f"helios {m}") for m in ("thread", "process")}
+    print(f"process isolation: {rate['process']:.1f} vs {rate['thread']:.1f} files/s (median stage): "
+          f"cost {100 * (1 - rate['process'] / rate['thread']):+.1f} %")
+
+
 def report(rows: list[dict]) -> None:
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB")
@@ -119,7 +141,9 @@ def report(rows: list[dict]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scenario", choices=["text", "mnist", "memory"])
+    ap.add_argument("scenario", choices=["text", "mnist", "memory", "isolation"])
+    ap.add_argument("--kind", default="mnist", choices=["mnist", "text"], help="the corpus of `isolation`")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of `isolation`")
     ap.add_argument("--n", type=int, default=50_000)
     ap.add_argument("--big", type=int, default=200_000)
     ap.add_argument("--onnx", required=True)
@@ -130,10 +154,14 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/helios-bench")
     ap.add_argument("--results", default=None, help="append the rows as JSON lines here")
     args = ap.parse_args()
-    args.kind = "text" if args.scenario == "text" else "mnist"
+    if args.scenario != "isolation":
+        args.kind = "text" if args.scenario == "text" else "mnist"
     args.model = "minilm" if args.kind == "text" else "mnist-cnn"
-    rows = run_memory(args) if args.scenario == "memory" else run_speed(args)
+    runs = {"memory": run_memory, "isolation": run_isolation}
+    rows = runs.get(args.scenario, run_speed)(args)
     report(rows)
+    if args.scenario == "isolation":
+        report_isolation(rows)
     if args.results:
         with open(args.results, "a") as fh:
             for r in rows:

@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=2000)
     ap.add_argument("--runner", default="local")
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--isolation", default="process", choices=["process", "thread"])
     args = ap.parse_args()
 
     # a loaded 2-core machine can take longer than Prefect's default 20 s to start the temporary server
@@ -47,7 +48,7 @@ def main() -> None:
     profile = detect(args.corpus, io_probe_seconds=0.1)
     rec = recommend(profile)
     cfg = InferConfig(batch_size=args.batch_size, shard_size=args.shard_size, runner=args.runner,
-                      workers=args.workers)
+                      workers=args.workers, isolation=args.isolation)
     ref = make_model_ref(ModelConfig(name=args.model), args.onnx, args.variant, rec.providers,
                          args.threads or rec.intra_op_threads)
     flow = infer_flow.with_options(task_runner=make_task_runner(cfg))
@@ -66,7 +67,7 @@ def main() -> None:
         "scan_s": round(scan_s, 2), "flow_s": round(result.seconds, 2), "stage_s": round(total, 2),
         "files_per_s": round(result.counts["files"] / total, 1), "batch_size": result.batch_size,
         "threads": ref.intra_op_threads, "setup_s": round(setup_s, 2), "prefect_start_s": round(server_s, 2),
-        "pid": os.getpid(),
+        "pid": os.getpid(), "isolation": args.isolation,
         "predictions": result.predictions_path,
     }))
 

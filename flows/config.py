@@ -1,7 +1,9 @@
 """PipelineConfig: the one typed config of a Helios run, composed of each stage's own config (the flow's parameter)."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from helios.models.config import ModelConfig
 from helios.settings import StageConfig
@@ -9,6 +11,7 @@ from tasks.infer.config import InferConfig
 from tasks.optimize.config import OptimizeConfig
 from tasks.prepare.config import PrepareConfig
 from tasks.refine.config import RefineConfig
+from tasks.report.costs import DEFAULT_HOURLY_USD, KINDS
 from tasks.report.config import ReportConfig
 from tasks.review.config import ReviewConfig
 
@@ -26,6 +29,26 @@ class TrackingConfig(StageConfig):
     mlflow_uri: str | None = Field(None, description="None: sqlite store under the work directory.")
     experiment: str = "helios"
     enabled: bool = True
+    system_metrics_s: float | None = Field(5.0, gt=0, description="Seconds between the run's system metrics "
+                                           "samples (CPU, memory, disk, network, GPU); None: not sampled.")
+    trace_review: bool = Field(True, description="Each item the LLM review sends as an MLflow trace on the run.")
+    trace_images: bool = Field(False, description="Keep reviewed images in those traces (data URIs: large).")
+    hourly_usd: dict[str, float] = Field(
+        default_factory=lambda: dict(DEFAULT_HOURLY_USD),
+        description="USD per hour of one GPU (gpu classes) or one core (cpu classes), by key: cpu, gpu, or kind-fragment "
+                    "(gpu-h100); the longest matching key wins. Defaults and their sources: tasks/report/costs.py.")
+    schedule_interval_s: float = Field(86400, gt=0, description="Period of the schedule this config runs under "
+                                       "(the nightly cron: 1 day); exported for the no-successful-run alert.")
+
+    @field_validator("hourly_usd")
+    @classmethod
+    def _prices(cls, table: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in table.items() if not v >= 0 or k.partition("-")[0] not in KINDS
+               or not re.fullmatch(r"[A-Za-z0-9.\-]+", k)}
+        if bad:
+            raise ValueError(f"tracking.hourly_usd: {bad} are not valid: keys are cpu, gpu or kind-fragment (letters, "
+                             "digits, dashes, e.g. gpu-h100), prices USD/hour >= 0")
+        return table
 
 
 class PipelineConfig(BaseModel):

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,6 +29,7 @@ from flows.runners import concurrency, make_task_runner, runs_per_process, split
 from tasks.infer.scan import read_manifest, system_memory_pool
 from tasks.infer.shard import RESULT_SCHEMA, ShardOutcome, ShardSettings, ShardSpec, failed_shard_table
 from tasks.infer.task import infer_shard_task
+from tasks.infer.workers import ShardWorkers, WorkerDied
 
 __all__ = ["InferResult", "infer_flow", "make_task_runner", "resolve_batch_size"]
 
@@ -75,8 +78,30 @@ def share_api_with_workers(runner: str):
         yield
 
 
-def run_shards(specs: list[ShardSpec], window: int, model: ModelRef, settings: ShardSettings, index: RunIndex,
-               metrics, progress: ShardProgress) -> tuple[list[str | pa.Table], list[ShardOutcome]]:
+@dataclass
+class ShardJob:
+    """How this run submits a shard: the task with ``retries``, the model, the settings, the worker processes."""
+
+    model: ModelRef
+    settings: ShardSettings
+    retries: int
+    workers: ShardWorkers | None = None
+
+    def submit(self, spec: ShardSpec):
+        """The shard task's future (in a worker process of ``workers`` when given)."""
+        return infer_shard_task.with_options(retries=self.retries).submit(spec, self.model, self.settings,
+                                                                           self.workers)
+
+
+def failure_reason(exc: BaseException, retries: int) -> str:
+    """The error rows' text for a shard that failed ``retries + 1`` times; it names the last failure."""
+    if isinstance(exc, WorkerDied):
+        return f"{exc} — retried {retries} time{'' if retries == 1 else 's'}"
+    return f"shard failed after retries: {type(exc).__name__}: {exc}"
+
+
+def run_shards(specs: list[ShardSpec], window: int, job: ShardJob, index: RunIndex, metrics,
+               progress: ShardProgress) -> tuple[list[str | pa.Table], list[ShardOutcome]]:
     """Keep ``window`` shard tasks in flight, submitting the next as one finishes (backpressure: the flow never
     holds more shards than that); commit each durable shard file as its task returns (this process is the one
     index writer). A shard that exhausts its retries becomes error rows, and the run goes on."""
@@ -85,7 +110,7 @@ def run_shards(specs: list[ShardSpec], window: int, model: ModelRef, settings: S
     def submit_next() -> None:
         spec = next(queue, None)
         if spec is not None:
-            running[infer_shard_task.submit(spec, model, settings)] = spec
+            running[job.submit(spec)] = spec
 
     for _ in range(window):
         submit_next()
@@ -96,17 +121,28 @@ def run_shards(specs: list[ShardSpec], window: int, model: ModelRef, settings: S
         try:
             outcome = future.result()
         except Exception as exc:  # any failure of the task, after its retries
-            log.error("shard %s failed after retries: %s", spec.shard_id, exc)
-            tables.append(failed_shard_table(spec, f"shard failed after retries: {type(exc).__name__}: {exc}"))
+            log.error("shard %s failed after %d retries: %s", spec.shard_id, job.retries, exc)
+            tables.append(failed_shard_table(spec, failure_reason(exc, job.retries)))
             metrics.record_files("error", spec.files)
             progress.advance(spec.files)
             continue
-        index.commit(spec.shard_id, model.identity, Path(outcome.out_path).name, outcome.files)
+        index.commit(spec.shard_id, job.model.identity, Path(outcome.out_path).name, outcome.files)
         tables.append(outcome.out_path)  # read back at the merge: nothing per file is held during the run
         outcomes.append(outcome)
         metrics.record_shard(outcome)
         progress.advance(outcome.files)
     return tables, outcomes
+
+
+@contextmanager
+def shard_workers(cfg: InferConfig, run_path: Path, shards: int) -> Iterator[ShardWorkers | None]:
+    """Worker processes for this run's local shards (``infer.isolation=process``); None: the shards run in the
+    flow's threads, on Ray or Dask (processes of their own already), or there is no shard to run."""
+    if cfg.runner != "local" or cfg.isolation != "process" or not shards:
+        yield None
+        return
+    with ShardWorkers(min(concurrency(cfg), shards), RunCatalog(run_path).workers) as workers:
+        yield workers
 
 
 @flow(name="helios-infer", task_runner=make_task_runner(InferConfig()))
@@ -120,36 +156,42 @@ def infer_flow(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: s
         return _infer(cfg, model, manifest_path, run_dir, profile)
 
 
+def plan_run(cfg: InferConfig, model: ModelRef, manifest_path: str, run_path: Path,
+             index: RunIndex) -> tuple[list[ShardSpec], pa.Table, dict[str, int]]:
+    """This run's shards, the results it reuses, and its file tally (todo, reused, scan_errors)."""
+    manifest, root = read_manifest(manifest_path, columns=["content_hash", "fs_path", "scan_error"])
+    if cfg.full:
+        index.supersede(model.identity)
+    reusable = load_reusable(index, model.identity, run_path)
+    done = reusable["content_hash"].combine_chunks()
+    specs = write_shards(plan_todo(manifest, done), root, model.identity, cfg.shard_size, run_path)
+    tally = {"todo": sum(s.files for s in specs), "reused": count_reused(manifest, done),
+             "scan_errors": manifest.num_rows - manifest["scan_error"].null_count}
+    get_run_logger().info("%d files: %d to infer in %d shards, %d reused, %d scan errors",
+                          manifest.num_rows, tally["todo"], len(specs), tally["reused"], tally["scan_errors"])
+    return specs, reusable, tally  # the manifest is freed here: the merge streams it again from disk
+
+
 def _infer(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: str, profile: dict | None) -> InferResult:
     start, run_path = time.perf_counter(), Path(run_dir)
     if profile is None:
         from hardware import detect
 
         profile = detect(io_probe_seconds=0).to_dict()
-    manifest, root = read_manifest(manifest_path, columns=["content_hash", "fs_path", "scan_error"])
     index = RunIndex(run_path)
     try:
-        if cfg.full:
-            index.supersede(model.identity)
-        reusable = load_reusable(index, model.identity, run_path)
-        done = reusable["content_hash"].combine_chunks()
-        specs = write_shards(plan_todo(manifest, done), root, model.identity, cfg.shard_size, run_path)
-        todo = sum(s.files for s in specs)
-        reused = count_reused(manifest, done)
-        scan_errors = manifest.num_rows - manifest["scan_error"].null_count
-        get_run_logger().info("%d files: %d to infer in %d shards, %d reused, %d scan errors",
-                              manifest.num_rows, todo, len(specs), reused, scan_errors)
-        del manifest  # the merge streams it again from disk
+        specs, reusable, tally = plan_run(cfg, model, manifest_path, run_path, index)
         pa.default_memory_pool().release_unused()
         settings = ShardSettings(resolve_batch_size(cfg, profile), cfg.prefetch_batches, cfg.max_file_bytes,
                                  runs_per_process(cfg))
         with serve_metrics(cfg.metrics_port, cfg.pushgateway, bool(profile.get("gpus")), {"run": run_path.name}) \
-                as metrics, ShardProgress(todo, cfg.progress) as progress:
-            with share_api_with_workers(cfg.runner):
-                tables, outcomes = run_shards(specs, 2 * concurrency(cfg), split_threads(cfg, model), settings,
-                                              index, metrics, progress)
-            metrics.record_files("reused", reused)
-            metrics.record_files("error", scan_errors)
+                as metrics, ShardProgress(tally["todo"], cfg.progress) as progress:
+            with share_api_with_workers(cfg.runner), shard_workers(cfg, run_path, len(specs)) as workers:
+                job = ShardJob(split_threads(cfg, model), settings, cfg.shard_retries, workers)
+                tables, outcomes = run_shards(specs, 2 * concurrency(cfg), job, index, metrics, progress)
+                deaths = list(workers.deaths) if workers else []
+            metrics.record_files("reused", tally["reused"])
+            metrics.record_files("error", tally["scan_errors"])
             results = gather_results(reusable, tables)
             del reusable, tables  # the merge holds the one contiguous copy
             summary = merge_predictions(manifest_path, results, RunCatalog(run_path).predictions)
@@ -157,10 +199,13 @@ def _infer(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: str, 
             pa.default_memory_pool().release_unused()
     finally:
         index.close()
+    if deaths:
+        get_run_logger().warning("%d shard worker process(es) died: %s", len(deaths), "; ".join(deaths))
     seconds = time.perf_counter() - start
-    return InferResult(predictions_path=str(RunCatalog(run_path).predictions), counts=summary.counts(reused),
+    return InferResult(predictions_path=str(RunCatalog(run_path).predictions),
+                       counts={**summary.counts(tally["reused"]), "worker_deaths": len(deaths)},
                        errors_by_reason=dict(summary.reasons.most_common()), seconds=seconds,
-                       files_per_s=todo / max(seconds, 1e-9), throughput=progress.points,
+                       files_per_s=tally["todo"] / max(seconds, 1e-9), throughput=progress.points,
                        batch_size=min([o.batch_size for o in outcomes], default=settings.batch_size),
                        worker_processes=len({o.pid for o in outcomes}),
-                       model_loads=sum(o.loaded_model for o in outcomes))
+                       model_loads=sum(o.loaded_model for o in outcomes), worker_deaths=deaths)

@@ -81,7 +81,7 @@ def track_optimize(cfg: PipelineConfig, result, out: Path, model_name: str, hard
     try:
         tracker.params({"config": redact(cfg.model_dump(mode="json", include={"model", "prepare", "optimize"}))})
         log_variants(result, tracker.run_id, uri)
-        champion = register_champion(result, model_name, hardware_class, tracker.run_id, uri)
+        champion = register_champion(result, model_name, hardware_class, tracker.run_id, uri, cfg.model)
     except BaseException:
         tracker.finish("FAILED")
         raise

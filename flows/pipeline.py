@@ -12,7 +12,11 @@ from flows.config import PipelineConfig
 from flows.deployments import check_deployment_parameters, running_deployment_id
 from flows.dispatch import run_infer_stage
 from flows.inputs import decodable_root, manifest_sample, resolve_input
-from flows.tracking import PendingTracker, start_tracking, track_run
+from flows.lineage import RunInputs
+from flows.logs import configure_logging, set_log_context
+from flows.run_metrics import publish_failure, publish_run, run_drift
+from flows.review_traces import review_tracer
+from flows.tracking import PendingTracker, Tracker, start_tracking, track_run
 from helios.catalog import RunCatalog
 from helios.files import read_labels, write_frame, write_json
 from helios.models import ModelAdapter, load_model
@@ -25,6 +29,7 @@ from tasks.prepare.task import prepare_stage
 from tasks.refine.context import RefineContext
 from tasks.refine.task import refine_stage
 from tasks.report.accuracy import corruption_errors, group_accuracy, stage_accuracy
+from tasks.report.costs import run_costs
 from tasks.report.summary import RunSummary
 from tasks.report.task import report_stage
 from tasks.review.task import review_stage
@@ -54,14 +59,16 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
                                                                     Path(files_root), run.truth))
         predictions, reviewed = run.clock.lap("review", review_stage(
             config.review, run.save(predictions), files_root, run.adapter.labels, run.adapter.modality,
-            str(catalog.llm_cache)))
+            str(catalog.llm_cache), review_tracer(config.tracking, tracking.result())))
         summary = summarize(run, run.save(predictions), (profile, rec), prepared, optimized, inferred,
                             (refined, reviewed), tracking)
         report = run.clock.lap("report", report_stage(config.report, summary, str(catalog.run_dir), run.adapter.labels))
         summary.stages = finish_report(catalog, run.clock.stages)
-        track_run(tracking.result(), summary, optimized, catalog)
-    except BaseException:
-        tracking.finish_failed()
+        track_run(tracking.result(), summary, optimized, catalog, run.inputs())
+        publish_run(config, catalog, summary)
+    except BaseException as exc:
+        tracking.finish_failed(exc)
+        publish_failure(config, catalog)
         raise
     get_run_logger().info("Helios run finished: %s files in %.1f s", inferred.counts.get("files"), sum(summary.stages.values()))
     return {"run_dir": str(catalog.run_dir), "report": report, "mlflow_run_id": summary.mlflow["run_id"],
@@ -95,12 +102,18 @@ class OpenRun:
     groups: dict[str, str] | None
     adapter: ModelAdapter
     clock: Stopwatch
+    sample: tuple[str, ...] = ()  # the files prepare and optimize measure on, relative to the input root
 
     def local_sample(self, manifest_path: Path, n: int) -> list[Path]:
         """Up to ``n`` input files spread over the manifest, as local paths (remote ones copied once)."""
         rels = manifest_sample(manifest_path, n)
+        self.sample = tuple(rels)
         root = decodable_root(self.input_root, rels, self.catalog.input_copies, self.config.infer.max_file_bytes)
         return [Path(root) / rel for rel in rels]
+
+    def inputs(self) -> RunInputs:
+        """What the run read, for the datasets of its MLflow run (the sample only when optimize measured on it)."""
+        return RunInputs(self.input_root, self.labels_csv, self.sample if self.config.optimize.enabled else ())
 
     def predictions(self, inferred) -> pd.DataFrame:
         return pd.read_parquet(inferred.predictions_path)
@@ -138,10 +151,17 @@ def flow_run_info() -> dict:
 
 
 def begin_tracking(config: PipelineConfig, catalog: RunCatalog) -> PendingTracker:
-    """Start the MLflow run: in the background for the local store (it overlaps the first stages)."""
+    """Install the log format (HELIOS_LOG_FORMAT), start the MLflow run: in the background for the local store (it
+    overlaps the first stages)."""
     info = flow_run_info()
-    return PendingTracker(lambda: start_tracking(config, catalog, info["flow_run_id"], info["flow_run_url"]),
-                          background=not config.tracking.mlflow_uri, prefect=info)
+    configure_logging(run=catalog.run_dir.name, flow_run_id=info["flow_run_id"], run_id=None)
+
+    def start() -> Tracker:
+        tracker = start_tracking(config, catalog, info["flow_run_id"], info["flow_run_url"])
+        set_log_context(run_id=tracker.run_id)  # the MLflow run id on every JSON log line from here on
+        return tracker
+
+    return PendingTracker(start, background=not config.tracking.mlflow_uri, prefect=info)
 
 
 def selected_model(config: PipelineConfig, optimized, threads: int) -> ModelRef:
@@ -158,14 +178,18 @@ def summarize(run: OpenRun, predictions: pd.DataFrame, hardware, prepared, optim
     if per_group and refined.get("status") == "done":
         refined["per_corruption"] = corruption_errors(per_group)
     tracker = tracking.result()
+    accuracy = stage_accuracy(predictions, run.truth)
+    costs = run_costs(profile.hardware_class, run.config.tracking.hourly_usd, run.clock.stages,
+                      int(inferred.counts.get("files") or 0), float(reviewed.get("cost_usd") or 0.0))
     return RunSummary(
         hardware=profile.to_dict(), recommendation=rec.to_dict(), config=redact(run.config.model_dump(mode="json")),
         input=redact_uri(run.input_root), labels=redact_uri(run.labels_csv),
         model={"name": run.adapter.name, "variant": optimized.selected.name, "parity": prepared.parity},
         counts=inferred.counts, stages=dict(run.clock.stages), variants=[v.to_dict() for v in optimized.variants],
         throughput=inferred.throughput, files_per_s=inferred.files_per_s,
-        accuracy=stage_accuracy(predictions, run.truth), per_group=per_group, refine=refined, review=reviewed,
-        mlflow={"tracking_uri": redact_uri(tracker.tracking_uri), "run_id": tracker.run_id}, prefect=tracking.prefect)
+        accuracy=accuracy, per_group=per_group, refine=refined, review=reviewed,
+        mlflow={"tracking_uri": redact_uri(tracker.tracking_uri), "run_id": tracker.run_id}, prefect=tracking.prefect,
+        drift=run_drift(run.catalog, predictions, accuracy, refined), costs=costs)
 
 
 def finish_report(catalog: RunCatalog, stages: dict[str, float]) -> dict[str, float]:

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from flows.tags import TAG_RUN_NAME
+from flows.tags import TAG_ERROR, TAG_RUN_NAME
 from helios.nested import flatten
-from helios.redact import redact
+from helios.redact import redact, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class Tracker:
     tracking_uri: str | None
     run_id: str | None
     client: Any = None
+    monitor: Any = None  # the system metrics monitor sampling during the run (flows/system_metrics.py)
 
     @classmethod
     def off(cls) -> "Tracker":
@@ -37,10 +38,11 @@ class Tracker:
         import mlflow
         from mlflow.tracking import MlflowClient
 
+        from flows.experiment import ensure_experiment
+
         client = MlflowClient(tracking_uri)
-        exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(
-            experiment, artifact_location=artifact_root.resolve().as_uri() if tracking_uri.startswith("sqlite") else None)
+        exp_id = ensure_experiment(client, experiment,
+                                   artifact_root.resolve().as_uri() if tracking_uri.startswith("sqlite") else None)
         run = client.create_run(exp_id, tags=tags, run_name=tags.get(TAG_RUN_NAME))
         mlflow.set_tracking_uri(tracking_uri)  # for helpers that use the fluent API (mlflow.onnx.log_model)
         return cls(tracking_uri, run.info.run_id, client)
@@ -83,6 +85,10 @@ class Tracker:
 
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:
+            from flows.system_metrics import stop_system_metrics
+
+            stop_system_metrics(self.monitor)  # before the run ends: a finished run takes no more metrics
+            self.monitor = None
             self.client.set_terminated(self.run_id, status)
 
 
@@ -104,38 +110,49 @@ class PendingTracker:
     def result(self) -> Tracker:
         return self._future.result()
 
-    def finish_failed(self) -> None:
-        """Mark the run FAILED if it got started; a start that itself failed leaves nothing to mark."""
+    def finish_failed(self, error: BaseException | None = None) -> None:
+        """Mark the run FAILED with the error (tag ``helios.error``) if it got started; a start that itself failed
+        leaves nothing to mark."""
         try:
             tracker = self._future.result()
         except Exception:  # noqa: BLE001 - the run's own error is what the user needs to see
             return
+        if error is not None:
+            tracker.tags({TAG_ERROR: redact_uri(f"{type(error).__name__}: {error}")[:5000]})
         tracker.finish("FAILED")
 
 
 def start_tracking(config, catalog, flow_run_id, flow_run_url) -> Tracker:
     """Open the run's MLflow run (``Tracker.off()`` when tracking is disabled) and log the settings."""
-    from flows.tags import TAG_FLOW_RUN_ID, TAG_FLOW_RUN_URL, TAG_MODEL
+    from flows.system_metrics import start_system_metrics
+    from flows.tags import TAG_FLOW_RUN_ID, TAG_FLOW_RUN_URL, TAG_MODEL, TAG_SOURCE_NAME, TAG_SOURCE_TYPE
 
     if not config.tracking.enabled:
         return Tracker.off()
     uri = config.tracking.mlflow_uri or default_tracking_uri(catalog.work_dir)
     tags = {TAG_MODEL: config.model.name, TAG_FLOW_RUN_ID: str(flow_run_id),
-            TAG_RUN_NAME: f"{config.model.name}-{Path(config.out).name}"}
+            TAG_RUN_NAME: f"{config.model.name}-{Path(config.out).name}",
+            TAG_SOURCE_NAME: "helios-pipeline", TAG_SOURCE_TYPE: "JOB"}  # the Prefect flow that made the run
     if flow_run_url:
         tags[TAG_FLOW_RUN_URL] = str(flow_run_url)
     tracker = Tracker.start(uri, config.tracking.experiment, catalog.mlflow_artifacts, tags)
     tracker.params({"config": redact(config.model_dump(mode="json"))})
+    tracker.monitor = start_system_metrics(tracker.run_id, uri, config.tracking.system_metrics_s)
     return tracker
 
 
-def track_run(tracker: Tracker, summary, optimized, catalog) -> None:
-    """Params, metrics, tags and artifacts of a finished run; variants as nested runs; the champion in the registry;
-    then the run is marked FINISHED."""
+def track_run(tracker: Tracker, summary, optimized, catalog, inputs=None) -> None:
+    """Params, metrics, tags and artifacts of a finished run; the files it read (``inputs``, a
+    ``flows.lineage.RunInputs``) as datasets; variants as nested runs; the champion in the registry; then the
+    review's traces are flushed and the run is marked FINISHED."""
     if not tracker.enabled:
         return
     from flows.tags import METRIC_ACCURACY, METRIC_LLM_COST, METRIC_RUN_COST, METRIC_THROUGHPUT, TAG_HARDWARE_CLASS, TAG_VARIANT
+    from flows.tags import METRIC_COMPUTE_COST, METRIC_COST_PER_1K
+    from flows.lineage import log_datasets, run_datasets
+    from flows.review_traces import flush_traces
     from flows.tracking_models import log_variants, register_champion
+    from helios.models.config import ModelConfig
     from tasks.review.core import review_metrics
 
     hw_class = summary.hardware_class
@@ -144,12 +161,18 @@ def track_run(tracker: Tracker, summary, optimized, catalog) -> None:
     tracker.metrics({
         "stage_seconds": summary.stages, "files": summary.counts, METRIC_THROUGHPUT: summary.files_per_s,
         "accuracy": summary.accuracy, METRIC_ACCURACY: summary.accuracy.get("review"),
-        METRIC_LLM_COST: summary.llm_cost_usd, METRIC_RUN_COST: summary.llm_cost_usd,
+        METRIC_LLM_COST: summary.llm_cost_usd, METRIC_RUN_COST: summary.run_cost_usd,
+        METRIC_COMPUTE_COST: summary.compute_cost_usd, METRIC_COST_PER_1K: summary.costs.get("total_per_1k_files_usd"),
     })
     if summary.review.get("status") == "done":
         tracker.metrics(review_metrics(summary.review))
     for path in catalog.tracked:
         tracker.artifact(path)
+    if inputs is not None:
+        log_datasets(tracker.client, tracker.run_id, run_datasets(inputs, catalog.manifest))
     log_variants(optimized, tracker.run_id, tracker.tracking_uri)
-    register_champion(optimized, summary.model["name"], hw_class, tracker.run_id, tracker.tracking_uri)
+    champion = register_champion(optimized, summary.model["name"], hw_class, tracker.run_id, tracker.tracking_uri,
+                                 ModelConfig.model_validate(summary.config["model"]))
+    summary.model["version"] = (champion or {}).get("version")  # the registered version, for the metrics' info
+    flush_traces()
     tracker.finish("FINISHED")

@@ -17,6 +17,7 @@ from typing import Any
 
 from flows.tags import (TAG_CHAMPION_COMPARISON, TAG_HARDWARE_CLASS, TAG_PARENT_RUN, TAG_PROVIDERS, TAG_QUALITY,
                         TAG_QUALITY_METRIC, TAG_REASON, TAG_RUN_ID, TAG_SELECTED, TAG_THROUGHPUT, TAG_VARIANT)
+from helios.models.config import ModelConfig
 from tasks.optimize.result import OptimizeResult, VariantReport
 
 ALIAS = "champion"
@@ -53,12 +54,14 @@ def log_variants(result: OptimizeResult, parent_run_id: str, tracking_uri: str) 
 
 
 def register_champion(result: OptimizeResult, model_name: str, hardware_class: str, run_id: str,
-                      tracking_uri: str) -> dict[str, Any]:
-    """Log the selected variant with ``mlflow.onnx.log_model``, register it as a new version of ``model_name``,
+                      tracking_uri: str, model: ModelConfig | None = None) -> dict[str, Any]:
+    """Log the selected variant as the servable pyfunc model (flows/serving.py; ``model``: the run's ModelConfig,
+    default ``ModelConfig(name=model_name)``), register it as a new version of ``model_name`` with a model card,
     and move the champion aliases when it beats the current champion of ``hardware_class``."""
     import mlflow
-    import onnx
     from mlflow.tracking import MlflowClient
+
+    from flows.serving_model import describe_version, log_serving_model
 
     mlflow.set_tracking_uri(tracking_uri)  # Model.log resolves the store from the global URI
     client = MlflowClient(tracking_uri)
@@ -67,14 +70,12 @@ def register_champion(result: OptimizeResult, model_name: str, hardware_class: s
     mlflow.set_experiment(experiment_id=client.get_run(run_id).info.experiment_id)
     selected = result.selected
     registered = registry_name(model_name)
-    info = mlflow.onnx.log_model(
-        onnx.load(str(selected.path)), name="model", run_id=run_id, registered_model_name=registered,
-        onnx_execution_providers=list(selected.providers) or None, pip_requirements=runtime_requirements(),
-        metadata={TAG_VARIANT: selected.name, TAG_HARDWARE_CLASS: hardware_class},
-    )
+    info, card = log_serving_model(result, model or ModelConfig(name=model_name), hardware_class, run_id, registered,
+                                   runtime_requirements())
     version = str(info.registered_model_version)
     for key, value in version_tags(selected, hardware_class, run_id).items():
         client.set_model_version_tag(registered, version, key, value)
+    describe_version(client, registered, version, card)
     class_alias = f"{ALIAS}-{slug(hardware_class)}"
     current = _current(client, registered, class_alias)
     margin = float(result.context.get("budget", {}).get("min_gain", 0.05))
@@ -89,10 +90,11 @@ def register_champion(result: OptimizeResult, model_name: str, hardware_class: s
 
 
 def runtime_requirements() -> list[str]:
-    """Pinned onnx + the installed ONNX Runtime distribution (stated, so MLflow does not spawn a process to guess)."""
+    """Pins of what the served model imports besides Helios itself (stated, so MLflow does not spawn a process to
+    guess): onnx, the preprocessing libraries and the installed ONNX Runtime distribution."""
     from importlib.metadata import PackageNotFoundError, version
 
-    pins = [f"onnx=={version('onnx')}"]
+    pins = [f"{dist}=={version(dist)}" for dist in ("onnx", "numpy", "pandas", "pillow", "tokenizers", "pydantic")]
     for dist in ("onnxruntime-gpu", "onnxruntime"):
         try:
             return [*pins, f"{dist}=={version(dist)}"]

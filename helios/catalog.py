@@ -45,6 +45,11 @@ class RunCatalog:
         return self.run_dir / "shards"
 
     @property
+    def workers(self) -> Path:
+        """One file per busy shard worker process while the infer stage runs: named by its pid, holding its shard."""
+        return self.run_dir / "workers"
+
+    @property
     def predictions(self) -> Path:
         return self.run_dir / "predictions.parquet"
 
@@ -94,6 +99,12 @@ class RunCatalog:
     @property
     def llm_cache(self) -> Path:
         return self.work_dir / "llm-cache"
+
+    def drift_baseline(self, job: str) -> Path:
+        """The last successful run's answer distribution for the next run of ``job`` on this run directory to compare
+        with (``tasks/report/drift.py``)."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in f"{job}--{self.run_dir.name}")
+        return self.work_dir / "baselines" / f"{safe}.json"
 
     def demo_dir(self, kind: str, n: int, seed: int) -> Path:
         return self.work_dir / f"demo-{kind}-{n}-{seed}"

@@ -39,16 +39,21 @@ def disabled_optimizers(providers) -> list[str]:
 
 
 def open_session(path: Path | str, providers: tuple[str, ...] = ("CPUExecutionProvider",), intra_op_threads: int = 0,
-                 inter_op_threads: int = 1, on_fallback: str = "warn", optimized: bool = False) -> Session:
+                 inter_op_threads: int = 1, on_fallback: str = "warn", optimized: bool = False,
+                 spin: bool = True) -> Session:
     """An InferenceSession on ``providers`` (in order); ``on_fallback='fail'`` raises ProviderFallback.
 
     ``optimized=True`` means the file was already optimized offline: skip graph optimization at session start.
+    ``spin=False`` lets ORT's idle threads sleep instead of spinning: for a server, whose Python work between runs
+    (parsing, decoding, JSON) needs the cores the spinning threads would hold.
     """
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = inter_op_threads
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.log_severity_level = 3  # ORT's warnings about unused initializers are noise for users
     opts.graph_optimization_level = (
         ort.GraphOptimizationLevel.ORT_DISABLE_ALL if optimized else ort.GraphOptimizationLevel.ORT_ENABLE_ALL

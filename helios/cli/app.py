@@ -137,6 +137,26 @@ def compare(experiment: str = typer.Option("helios", "--experiment"), last: int 
         fail(str(exc))
 
 
+@app.command()
+def serve(model: str = typer.Option("mnist-cnn", "--model", help="models:/NAME@ALIAS, or a registered name (its champion)."),
+          port: int = typer.Option(5000, "--port"), host: str = typer.Option("127.0.0.1", "--host"),
+          workers: int = typer.Option(1, "--workers", help="uvicorn worker processes (each loads the model)."),
+          tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri",
+                                                     help="Default: the embedded store of helios-work/.")) -> None:
+    """Serve a registered model over HTTP with `mlflow models serve` (the champion; files and texts in, labels out)."""
+    import os
+
+    from flows.tracking import default_tracking_uri
+    from helios.cli.serve import serve_command
+
+    try:
+        command, env = serve_command(model, port, host, workers, tracking_uri or default_tracking_uri(Path("helios-work")))
+    except UsageError as exc:
+        fail(str(exc))
+    err.print(f"exec: MLFLOW_TRACKING_URI={env['MLFLOW_TRACKING_URI']} {' '.join(command)}", highlight=False)
+    os.execvpe(command[0], command, env)  # the server replaces this process: signals and exit codes are mlflow's
+
+
 from helios.cli.ops import ops_app  # noqa: E402  (the ops sub-commands; light imports only)
 app.add_typer(ops_app, name="ops")
 

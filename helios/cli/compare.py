@@ -13,12 +13,14 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from flows.tags import (METRIC_ACCURACY, METRIC_LLM_COST, METRIC_THROUGHPUT, TAG_HARDWARE_CLASS, TAG_MODEL,
-                        TAG_PARENT_RUN, TAG_VARIANT)
+from flows.lineage import CONTEXT_INPUT, CONTEXT_TAG
+from flows.tags import (METRIC_ACCURACY, METRIC_COMPUTE_COST, METRIC_COST_PER_1K, METRIC_LLM_COST, METRIC_THROUGHPUT,
+                        TAG_HARDWARE_CLASS, TAG_MODEL, TAG_PARENT_RUN, TAG_VARIANT)
 from helios.errors import UsageError
 from helios.redact import redact_uri
 
-COLUMNS = ("run_id", "start", "model", "variant", "hardware_class", "throughput", "accuracy", "llm_cost_usd", "status")
+COLUMNS = ("run_id", "start", "model", "variant", "hardware_class", "input_digest", "throughput", "accuracy", "llm_cost_usd",
+           "compute_cost_usd", "cost_per_1k_files_usd", "status")
 
 
 def _row(run) -> dict:
@@ -29,11 +31,23 @@ def _row(run) -> dict:
         "model": tags.get(TAG_MODEL),
         "variant": tags.get(TAG_VARIANT),
         "hardware_class": tags.get(TAG_HARDWARE_CLASS),
+        "input_digest": input_digest(run),
         "throughput": metrics.get(METRIC_THROUGHPUT),
         "accuracy": metrics.get(METRIC_ACCURACY),
         "llm_cost_usd": metrics.get(METRIC_LLM_COST),
+        "compute_cost_usd": metrics.get(METRIC_COMPUTE_COST),
+        "cost_per_1k_files_usd": metrics.get(METRIC_COST_PER_1K),
         "status": run.info.status,
     }
+
+
+def input_digest(run) -> str | None:
+    """The digest of the files the run scanned (its ``inference`` dataset input), shortened to 8 characters:
+    equal for runs over the same unchanged input."""
+    for dataset_input in run.inputs.dataset_inputs if run.inputs else ():
+        if any(t.key == CONTEXT_TAG and t.value == CONTEXT_INPUT for t in dataset_input.tags):
+            return dataset_input.dataset.digest[:8]
+    return None
 
 
 def _top_level_runs(client, experiment_id: str, last: int) -> list:
@@ -82,6 +96,7 @@ def _text(value) -> str:
     return "–" if value is None or (isinstance(value, float) and pd.isna(value)) else escape(str(value))
 
 
+NUMERIC = ("files/s", "acc", "LLM $", "compute $", "$/1k files")
 STATUS_STYLES = {"FINISHED": "green", "FAILED": "red", "RUNNING": "yellow", "KILLED": "red"}
 
 
@@ -90,16 +105,17 @@ def render_comparison(df: pd.DataFrame) -> Table:
     title = f"Helios runs — experiment {df.attrs['experiment']}" if "experiment" in df.attrs else "Helios runs"
     table = Table(title=title, box=box.SIMPLE_HEAD, collapse_padding=True, pad_edge=False)
     # Ids, times, numbers and status never wrap; names fold onto more lines when the terminal is narrow.
-    for name, width in (("run", 8), ("start UTC", 11), ("model", 0), ("variant", 0), ("hardware", 0),
-                        ("files/s", 7), ("acc", 5), ("LLM $", 6), ("status", 8)):
-        table.add_column(name, justify="right" if name in ("files/s", "acc", "LLM $") else "left",
+    for name, width in (("run", 8), ("start UTC", 11), ("model", 0), ("variant", 0), ("hardware", 0), ("input", 8),
+                        ("files/s", 7), ("acc", 5), ("LLM $", 6), ("compute $", 9), ("$/1k files", 10), ("status", 8)):
+        table.add_column(name, justify="right" if name in NUMERIC else "left",
                          no_wrap=bool(width), min_width=width or None, overflow="ellipsis" if width else "fold")
     for row in df.itertuples(index=False):
         style = STATUS_STYLES.get(str(row.status), "")
         table.add_row(
             str(row.run_id)[:8], row.start.strftime("%m-%d %H:%M") if pd.notna(row.start) else "–",
-            _text(row.model), _text(row.variant), _text(row.hardware_class),
+            _text(row.model), _text(row.variant), _text(row.hardware_class), _text(row.input_digest),
             _fmt(row.throughput, ",.1f"), _fmt(row.accuracy, ".3f"), _fmt(row.llm_cost_usd, ".4f"),
+            _fmt(row.compute_cost_usd, ".4f"), _fmt(row.cost_per_1k_files_usd, ".4f"),
             f"[{style}]{row.status}[/]" if style else str(row.status),
         )
     if not len(df):

@@ -76,5 +76,8 @@ def print_result(result: dict, console: Console) -> None:
     if (run_dir / "report.html").exists():
         console.print(f"  report:      {run_dir}/report.html")
     if result.get("tracking_uri"):
-        console.print(f"  MLflow UI:   mlflow ui --backend-store-uri {redact_uri(result['tracking_uri'])}  (then http://127.0.0.1:5000)")
+        from flows.experiment import runs_page_url
+
+        runs_page = runs_page_url(result["tracking_uri"], result["mlflow_run_id"]) or "http://127.0.0.1:5000"
+        console.print(f"  MLflow UI:   mlflow ui --backend-store-uri {redact_uri(result['tracking_uri'])}  (then {runs_page})")
     console.print("  Prefect UI:  prefect server start  (then http://127.0.0.1:4200; this run is in the local Prefect database)")

@@ -13,7 +13,7 @@ from helios.errors import error_kind
 
 class InferResult(BaseModel):
     predictions_path: str
-    counts: dict[str, int]  # files, ok, error, flagged, reused
+    counts: dict[str, int]  # files, ok, error, flagged, reused, worker_deaths
     errors_by_reason: dict[str, int] = {}  # "corrupt image": 3, ... (the text before the first ':')
     seconds: float
     files_per_s: float  # files the model processed this run (not reused) per second of the stage
@@ -21,6 +21,7 @@ class InferResult(BaseModel):
     batch_size: int
     worker_processes: int = 0  # distinct processes that ran shards this run
     model_loads: int = 0  # ONNX sessions built this run: one per worker process, not one per shard
+    worker_deaths: list[str] = []  # local shard worker processes that died: "worker died: SIGKILL (signal 9) (...)"
 
 
 @dataclass

@@ -9,6 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks.infer.model_ref import ModelRef
 from tasks.infer.scan import ScanResult, scan_input
 from tasks.infer.shard import ShardOutcome, ShardSettings, ShardSpec, infer_shard
+from tasks.infer.workers import ShardWorkers
 
 
 @task(name="scan-input", cache_policy=NO_CACHE)
@@ -18,6 +19,10 @@ def scan_stage(root: str, run_dir: str) -> ScanResult:
 
 
 @task(retries=2, retry_delay_seconds=1, name="infer-shard", cache_policy=NO_CACHE)
-def infer_shard_task(spec: ShardSpec, ref: ModelRef, settings: ShardSettings) -> ShardOutcome:
-    """One shard on whichever worker the task runner picks; retried if the worker or the run fails."""
+def infer_shard_task(spec: ShardSpec, ref: ModelRef, settings: ShardSettings,
+                     workers: ShardWorkers | None = None) -> ShardOutcome:
+    """One shard on whichever worker the task runner picks (in a process of ``workers`` when given); retried if
+    the worker or the run fails (``with_options(retries=...)``: the infer.shard_retries setting)."""
+    if workers is not None:
+        return workers.run(spec, ref, settings)
     return infer_shard(spec, ref, settings)

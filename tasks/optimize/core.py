@@ -43,7 +43,7 @@ def optimize_model(cfg: OptimizeConfig, adapter: ModelAdapter, prepared, sample_
     context = {"hardware_class": profile.hardware_class, "providers": list(recommendation.providers),
                "intra_op_threads": recommendation.intra_op_threads, "int8_settings": recommendation.int8_settings,
                "budget": {"min_agreement": cfg.min_agreement, "min_cosine": cfg.min_cosine, "min_gain": cfg.min_gain},
-               "task": adapter.task, "methods": METHODS}
+               "task": adapter.task, "methods": METHODS, "parity": prepared.parity}
     if not cfg.enabled:
         only = VariantReport("fp32", Path(prepared.onnx_path), adapter.task, Path(prepared.onnx_path).stat().st_size,
                              None, None, None, None, None, None, agreement=1.0 if adapter.task == "classifier" else None,

@@ -26,6 +26,7 @@ SECTIONS = {
     "confidence": "Confidence",
     "refine": "Refinement (TTA / TTT)",
     "review": "LLM review",
+    "observe": "Drift and cost",
     "errors": "Errors",
     "validation": "Data validation",
     "config": "Config",
@@ -46,7 +47,7 @@ VARIANT_COLUMNS = ["name", "selected", "size_bytes", "latency_p50_ms", "latency_
 
 # Keys with a section of their own, or derived here; every other summary key is shown under "Run".
 OWN_KEYS = {"hardware", "recommendation", "config", "counts", "stages", "accuracy", "variants", "throughput", "refine",
-            "review", "validation", "run_dir", "generated_at", "headline", "errors", "final_stage_counts", "figures"}
+            "review", "validation", "drift", "costs", "run_dir", "generated_at", "headline", "errors", "final_stage_counts", "figures"}
 
 
 def visible(text: str) -> str:
@@ -154,6 +155,20 @@ def _md(value: Any) -> str:
     return fmt(value).replace("|", "\\|").replace("\n", " ")
 
 
+def observe_markdown(report: dict) -> list[str]:
+    """Drift (PSI against the previous successful run) and cost lines of the markdown summary."""
+    drift, costs = report.get("drift") or {}, report.get("costs") or {}
+    lines = []
+    if drift.get("status") == "compared":
+        lines += ["", f"**Drift** (PSI vs the previous run): labels {_md(drift.get('label_psi'))} "
+                      f"({_md(drift.get('label_level'))}), confidence {_md(drift.get('confidence_psi'))} "
+                      f"({_md(drift.get('confidence_level'))})"]
+    if costs:
+        lines += ["", f"**Cost** (USD): compute {_md(costs.get('compute_usd'))}, LLM {_md(costs.get('llm_usd'))}, "
+                      f"per 1,000 files {_md(costs.get('total_per_1k_files_usd'))}"]
+    return lines
+
+
 def render_markdown(report: dict, html_uri: str | None) -> str:
     """A one-screen summary for the Prefect UI: headline, accuracy, stage times, errors, validation, where the HTML is."""
     head = report["headline"]
@@ -168,6 +183,7 @@ def render_markdown(report: dict, html_uri: str | None) -> str:
     if validation.get("mode") not in (None, "off"):
         state = "passed" if validation.get("success") else f"FAILED ({len(validation.get('failures') or [])} expectations)"
         lines += ["", f"**Validation**: {state}"]
+    lines += observe_markdown(report)
     for key in ("refine", "review"):
         if reason := skip_reason(report.get(key)):
             lines += ["", f"**{SECTIONS[key]}**: {_md(reason)}"]

@@ -27,6 +27,8 @@ class RunSummary:
     review: dict[str, Any]
     mlflow: dict[str, Any] = field(default_factory=dict)  # tracking_uri, run_id
     prefect: dict[str, Any] = field(default_factory=dict)  # flow_run_id, flow_run_url
+    drift: dict[str, Any] = field(default_factory=dict)  # against the previous successful run (tasks/report/drift.py)
+    costs: dict[str, Any] = field(default_factory=dict)  # compute and LLM USD (tasks/report/costs.py)
 
     @property
     def hardware_class(self) -> str | None:
@@ -35,6 +37,15 @@ class RunSummary:
     @property
     def llm_cost_usd(self) -> float:
         return float(self.review.get("cost_usd") or 0.0)
+
+    @property
+    def compute_cost_usd(self) -> float | None:
+        return self.costs.get("compute_usd")
+
+    @property
+    def run_cost_usd(self) -> float:
+        """Compute plus LLM USD (the LLM's alone when the hardware class has no price)."""
+        return float(self.costs.get("total_usd", self.llm_cost_usd))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

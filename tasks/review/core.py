@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import re
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import pandas as pd
 
@@ -42,6 +42,23 @@ class ReviewRow:
 class ReviewOutcome:
     rows: list[ReviewRow]
     summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReviewedItem:
+    """What the ``on_request`` hook of ``review_items`` gets for each item sent to a model (cache hits send none).
+
+    ``inputs`` are the prompt's inputs, file content included (an image as ``dspy.Image``): the hook decides what
+    to keep. ``result`` is the reviewer's ItemResult, with ``requests``: every request, retries and fallbacks.
+    The API key is in none of it.
+    """
+
+    item: ReviewItem
+    inputs: dict[str, Any]
+    result: Any
+
+
+RequestHook = Callable[[ReviewedItem], None]
 
 
 def missing_key_reason(cfg: ReviewConfig) -> str:
@@ -92,8 +109,11 @@ def review_items(
     modality: Literal["image", "text"],
     api_key: str | None,
     cache_dir: Path,
+    on_request: RequestHook | None = None,
 ) -> ReviewOutcome:
-    """Review ``items`` (least confident first) within ``cfg.budget_usd``; skipped without a key or when disabled."""
+    """Review ``items`` (least confident first) within ``cfg.budget_usd``; skipped without a key or when disabled.
+
+    ``on_request`` sees each item sent to a model, from the worker threads (the flow traces requests with it)."""
     if modality not in ("image", "text"):
         raise ValueError(f"modality={modality!r} cannot be reviewed: expected 'image' or 'text'")
     if not labels:
@@ -119,7 +139,7 @@ def review_items(
         lms={model: lm_layer.build_lm(model, cfg, api_key) for model in chain}, prices=prices,
         budget=Budget(cfg.budget_usd), cache=AnswerCache(Path(cache_dir) / "review"),
     )
-    results = _review_all(reviewer, items, cfg.max_concurrency)
+    results = _review_all(reviewer, items, cfg.max_concurrency, _reporter(on_request, items, api_key))
     rows = [
         ReviewRow(i.path, r.status, r.verdict, r.label, _redact(r.reason, api_key), r.model, round(r.cost_usd, 8))
         for i, r in zip(items, results)
@@ -133,15 +153,33 @@ def review_items(
     ))
 
 
-def _review_all(reviewer: Any, items: list[ReviewItem], max_concurrency: int) -> list[Any]:
-    """Cache lookups in order, then the remaining items concurrently, first requests admitted in item order."""
+def _reporter(on_request: RequestHook | None, items: list[ReviewItem], api_key: str) -> Callable[..., Any]:
+    """(item index, pending, result) -> result, handing each item that sent requests to ``on_request``."""
+
+    def report(index: int, pending: Any, result: Any) -> Any:
+        if on_request is not None and result.requests:
+            on_request(ReviewedItem(items[index], pending.inputs, replace(result, reason=_redact(result.reason,
+                                                                                                   api_key))))
+        return result
+
+    return report
+
+
+def _review_all(reviewer: Any, items: list[ReviewItem], max_concurrency: int,
+                report: Callable[..., Any]) -> list[Any]:
+    """Cache lookups in order, then the remaining items concurrently, first requests admitted in item order;
+    each answer passes through ``report(index, pending, result)``."""
     from tasks.review.reviewer import Pending
 
     results = [reviewer.lookup(item.abs_path, item.label) for item in items]
     waiting = [(index, result) for index, result in enumerate(results) if isinstance(result, Pending)]
     if waiting:
+        def ask(turn: int) -> Any:
+            index, pending = waiting[turn]
+            return report(index, pending, reviewer.ask(pending, turn))
+
         with ThreadPoolExecutor(max_workers=min(max_concurrency, len(waiting)), thread_name_prefix="review") as pool:
-            answers = pool.map(lambda turn: reviewer.ask(waiting[turn][1], turn), range(len(waiting)))
+            answers = pool.map(ask, range(len(waiting)))
             for (index, _), answer in zip(waiting, answers):
                 results[index] = answer
     return results

@@ -43,6 +43,23 @@ class ModelLedger:
         }
 
 
+@dataclass(frozen=True)
+class Request:
+    """One request sent for an item: which model, when (epoch ns), its outcome, tokens and cost."""
+
+    model: str
+    start_ns: int
+    end_ns: int
+    kind: str  # lm.Attempt.kind: ok | malformed | transient | failed
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    input_cost_usd: float  # the two parts of cost_usd
+    output_cost_usd: float
+    error: str | None = None  # class and HTTP status only, as in lm.Attempt
+    answer: dict[str, str] | None = None  # the parsed completion (verdict, label, rationale), when it parsed
+
+
 @dataclass
 class ItemResult:
     status: str  # reviewed | unreviewed | skipped
@@ -51,6 +68,7 @@ class ItemResult:
     reason: str | None = None
     model: str | None = None
     cost_usd: float = 0.0
+    requests: list[Request] = field(default_factory=list)  # every request sent, retries and fallbacks included
 
 
 @dataclass(frozen=True)
@@ -102,20 +120,22 @@ class Reviewer:
 
     def ask(self, pending: Pending, turn: int) -> ItemResult:
         """Concurrent second step: each model in order until one answers; ``turn`` orders first admissions."""
-        spent, problem = 0.0, "no model answered"
+        spent, problem, sent = 0.0, "no model answered", []
         for model in self.chain:
-            result, cost, problem = self._ask(model, pending, turn)
+            result, cost, problem = self._ask(model, pending, turn, sent)
             turn = None  # only an item's first request waits for its turn
             spent += cost
             if result is not None:
-                result.cost_usd = spent
+                result.cost_usd, result.requests = spent, sent
                 return result
-        return ItemResult("unreviewed", reason=f"all models failed; last: {problem}", cost_usd=spent)
+        return ItemResult("unreviewed", reason=f"all models failed; last: {problem}", cost_usd=spent, requests=sent)
 
-    def _ask(self, model: str, pending: Pending, turn: int | None) -> tuple[ItemResult | None, float, str]:
+    def _ask(self, model: str, pending: Pending, turn: int | None,
+             sent: list[Request]) -> tuple[ItemResult | None, float, str]:
         """Ask one model, retrying transient errors and one bad answer.
 
-        Returns (the item's result, or None to fall back to the next model; USD spent; what went wrong last).
+        Returns (the item's result, or None to fall back to the next model; USD spent; what went wrong last);
+        each request sent is appended to ``sent``.
         """
         price, spent, transient, bad_answers = self.prices[model], 0.0, 0, 0
         estimate = price.cost(pending.input_estimate, self.cfg.max_output_tokens)
@@ -124,14 +144,7 @@ class Reviewer:
             if not admitted:
                 reason = f"budget exhausted (${self.budget.spent_usd:.4f} of ${self.budget.limit_usd:.4f} spent)"
                 return ItemResult("skipped", reason=reason), spent, reason
-            try:
-                attempt = lm_layer.request_review(self.lms[model], self.adapter, self.signature, pending.inputs)
-            except BaseException:
-                self.budget.settle(estimate, 0.0)  # never leave a reservation behind: others wait on it
-                raise
-            cost = price.cost(attempt.input_tokens, attempt.output_tokens)
-            self.budget.settle(estimate, cost)
-            self._account(model, attempt, cost)
+            attempt, cost = self._send(model, pending, estimate, sent)
             spent += cost
             problem = f"{model}: {attempt.error}"
             if attempt.kind == "ok":
@@ -157,6 +170,27 @@ class Reviewer:
                 return None, spent, problem
             time.sleep(self._delay(transient, attempt.retry_after))
             transient += 1
+
+    def _send(self, model: str, pending: Pending, estimate: float,
+              sent: list[Request]) -> tuple[lm_layer.Attempt, float]:
+        """One admitted request: sent, its reservation settled, accounted and appended to ``sent``; (attempt, USD)."""
+        start_ns = time.time_ns()
+        try:
+            attempt = lm_layer.request_review(self.lms[model], self.adapter, self.signature, pending.inputs)
+            end_ns = time.time_ns()
+        except BaseException:
+            self.budget.settle(estimate, 0.0)  # never leave a reservation behind: others wait on it
+            raise
+        price = self.prices[model]
+        cost = price.cost(attempt.input_tokens, attempt.output_tokens)
+        self.budget.settle(estimate, cost)
+        self._account(model, attempt, cost)
+        answer = None if attempt.prediction is None else {
+            key: str(getattr(attempt.prediction, key, "")) for key in ("verdict", "label", "rationale")}
+        sent.append(Request(model, start_ns, end_ns, attempt.kind, attempt.input_tokens,
+                            attempt.output_tokens, cost, price.cost(attempt.input_tokens, 0),
+                            price.cost(0, attempt.output_tokens), attempt.error, answer))
+        return attempt, cost
 
     def _delay(self, retry: int, hint: float | None) -> float:
         if isinstance(hint, (int, float)) and hint >= 0:

@@ -12,7 +12,7 @@ from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 
 from tasks.review.config import ReviewConfig
-from tasks.review.core import ReviewItem, apply_review, review_items, select_for_review
+from tasks.review.core import RequestHook, ReviewItem, apply_review, review_items, select_for_review
 
 
 def resolve_api_key(cfg: ReviewConfig) -> str | None:
@@ -56,15 +56,19 @@ def review_stage(
     labels: tuple[str, ...],
     modality: str,
     cache_dir: str,
+    on_request: RequestHook | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """Review the least confident predictions; return them with the review columns, and the review summary."""
+    """Review the least confident predictions; return them with the review columns, and the review summary.
+
+    ``on_request`` sees each item sent to a model (the flow traces the requests with it)."""
     logger = _logger()
     root = Path(input_root).resolve()
     selected = select_for_review(predictions, cfg.max_items)
     items = [ReviewItem(str(r.path), _inside(root, str(r.path)), str(r.label), float(r.confidence))
              for r in selected.itertuples(index=False)]
     api_key = resolve_api_key(cfg) if cfg.enabled else None
-    outcome = review_items(cfg, items, tuple(labels), modality, api_key, Path(cfg.cache_dir or cache_dir))
+    outcome = review_items(cfg, items, tuple(labels), modality, api_key, Path(cfg.cache_dir or cache_dir),
+                           on_request)
     summary = outcome.summary
     if summary["status"].startswith("skipped"):
         logger.info("LLM review %s", summary["status"])

@@ -58,7 +58,8 @@ def test_contract_incremental_and_full(prefect_harness, tmp_path, onnx_path):
     table = pq.read_table(first.predictions_path)
     assert table.column_names == COLUMNS and table.num_rows == 251
     assert (out / "manifest.parquet").is_file()
-    assert first.counts == {"files": 251, "ok": 250, "error": 1, "flagged": 0, "reused": 0}
+    assert first.counts == {"files": 251, "ok": 250, "error": 1, "flagged": 0, "reused": 0,
+                            "worker_deaths": 0}
     assert first.errors_by_reason == {"not an image": 1}
     assert [p["files"] for p in first.throughput][-1] == 251 and len(first.throughput) == 3
 

@@ -72,3 +72,47 @@ def test_dask_runner_loads_the_model_once_per_worker_and_survives_a_killed_worke
     # one session per worker process (the replacement worker loads its own), never one per shard
     assert result.model_loads == result.worker_processes < 24
     assert result.worker_processes >= 2
+
+
+def ray_shard_workers() -> list:
+    """Ray worker processes running a shard right now: Ray titles them after the task (``ray::infer-shard``)."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if " ".join(p.cmdline()).startswith("ray::infer-shard"):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_ray_runner_completes_with_every_row_once_when_a_worker_is_killed(prefect_harness, tmp_path, mnist_ref):
+    """A real local Ray cluster (2 CPUs). Ray re-runs a task whose worker died (its default ``max_retries``), so
+    the killed shard is recomputed under its own name and committed once; the run needs no rerun."""
+    pytest.importorskip("prefect_ray")
+    root, out = tmp_path / "in", tmp_path / "run"
+    write_pngs(root, 2400)
+    scan = scan_input(str(root), out)
+    cfg = InferConfig(runner="ray", workers=2, shard_size=200, batch_size=4)
+    killed = []
+
+    def kill_a_busy_worker():
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and not killed:
+            shards = list((out / "shards").glob("*.parquet")) if (out / "shards").exists() else []
+            busy = ray_shard_workers() if shards else []
+            if busy:
+                os.kill(busy[0].pid, signal.SIGKILL)
+                killed.append(busy[0].pid)
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_a_busy_worker, daemon=True)
+    killer.start()
+    result = infer_flow.with_options(task_runner=make_task_runner(cfg))(cfg, mnist_ref, str(scan.manifest_path),
+                                                                        str(out), {})
+    killer.join()
+    table = pq.read_table(result.predictions_path)
+    assert killed, "no Ray worker was seen running a shard"
+    assert table.num_rows == len(set(table["path"].to_pylist())) == 2400
+    assert set(table["status"].to_pylist()) == {"ok"}
+    assert result.worker_processes >= 2 and result.model_loads == result.worker_processes

@@ -105,3 +105,18 @@ def test_credentials_in_uris_reach_no_file_of_the_run_or_the_mlflow_store(prefec
     assert leaked == []
     config = json.loads((run_dir / "config.json").read_text())
     assert config["review"]["api_base"] == "https://***@llm.example.com/v1?api_key=***"
+
+
+def test_a_failed_run_ends_failed_in_mlflow_with_its_error(prefect_harness, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from helios.errors import UsageError
+
+    bad_labels = tmp_path / "labels.csv"
+    bad_labels.write_text("file,class\na.png,1\n")
+    with pytest.raises(UsageError, match="needs path and label"):
+        run(tmp_path, "demo.n=30", f"labels={bad_labels}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("helios").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED"]
+    assert runs[0].data.tags["helios.error"].startswith("UsageError: labels file")

@@ -1,22 +1,26 @@
 """Variants as nested MLflow runs and the champion alias per hardware class, on a real MLflow SQLite store."""
 from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from flows.tracking_models import log_variants, register_champion, registry_name
+from helios.models import ModelConfig
 from tasks.optimize.result import OptimizeResult, VariantReport
 
 
 def tiny_onnx(path: Path) -> Path:
+    """A real (tiny) ONNX image classifier: 2x2 grey images, three classes."""
     import numpy as np
 
     w = numpy_helper.from_array(np.eye(4, 3, dtype=np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["logits"])], "tiny",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+    nodes = [helper.make_node("Flatten", ["image"], ["flat"], axis=1), helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    graph = helper.make_graph(nodes, "tiny",
+                              [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 2, 2])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])], [w])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
     path.with_suffix(".json").write_text('{"variant": "%s"}' % path.stem)
     return path
 
@@ -46,6 +50,13 @@ def parent(client, exp) -> str:
     return client.create_run(exp).info.run_id
 
 
+def champion(chosen: OptimizeResult, hardware_class: str, store) -> dict:
+    """Register ``chosen`` as a version of ``mnist-cnn``, with the tiny ONNX file as its model."""
+    uri, client, exp = store
+    return register_champion(chosen, "mnist-cnn", hardware_class, parent(client, exp), uri,
+                             ModelConfig(name=str(chosen.selected.path)))
+
+
 def test_each_variant_is_a_nested_run_with_its_metrics(store, tmp_path):
     uri, client, exp = store
     run_id = parent(client, exp)
@@ -63,36 +74,49 @@ def test_each_variant_is_a_nested_run_with_its_metrics(store, tmp_path):
 
 def test_champion_moves_only_when_beaten_on_the_same_hardware_class(store, tmp_path):
     uri, client, exp = store
-    first = register_champion(result(tmp_path / "a", 200.0), "mnist-cnn", "cpu-avx2-2c", parent(client, exp), uri)
+    first = champion(result(tmp_path / "a", 200.0), "cpu-avx2-2c", store)
     assert first["promoted"] and first["comparison"]["why"] == "first version for this hardware class"
     assert str(client.get_model_version_by_alias("mnist-cnn", "champion").version) == first["version"]
 
-    slower = register_champion(result(tmp_path / "b", 205.0), "mnist-cnn", "cpu-avx2-2c", parent(client, exp), uri)
+    slower = champion(result(tmp_path / "b", 205.0), "cpu-avx2-2c", store)
     assert not slower["promoted"] and "not better" in slower["comparison"]["why"]
     assert str(client.get_model_version_by_alias("mnist-cnn", "champion-cpu-avx2-2c").version) == first["version"]
     tags = client.get_model_version("mnist-cnn", slower["version"]).tags
     assert tags["helios.hardware_class"] == "cpu-avx2-2c" and "not better" in tags["helios.champion_comparison"]
 
-    faster = register_champion(result(tmp_path / "c", 300.0), "mnist-cnn", "cpu-avx2-2c", parent(client, exp), uri)
+    faster = champion(result(tmp_path / "c", 300.0), "cpu-avx2-2c", store)
     assert faster["promoted"] and faster["comparison"]["champion_version"] == first["version"]
     assert str(client.get_model_version_by_alias("mnist-cnn", "champion").version) == faster["version"]
 
-    other = register_champion(result(tmp_path / "d", 50.0), "mnist-cnn", "cpu-avx512-vnni-8c", parent(client, exp), uri)
+    other = champion(result(tmp_path / "d", 50.0), "cpu-avx512-vnni-8c", store)
     assert other["promoted"]  # first on its own hardware class, though slower than the avx2 champion
     assert str(client.get_model_version_by_alias("mnist-cnn", "champion-cpu-avx2-2c").version) == faster["version"]
     assert str(client.get_model_version_by_alias("mnist-cnn", "champion-cpu-avx512-vnni-8c").version) == other["version"]
 
 
-def test_model_logged_with_the_onnx_flavor_loads_back(store, tmp_path):
+def test_the_champion_is_a_pyfunc_that_takes_file_bytes_and_carries_its_card(store, tmp_path):
+    import base64
+    import io
+
     import mlflow
+    import pandas as pd
+    from PIL import Image
 
     uri, client, exp = store
-    info = register_champion(result(tmp_path / "a", 100.0), "/models/My Model.onnx", "cpu-avx2-2c",
-                             parent(client, exp), uri)
+    chosen = result(tmp_path / "a", 100.0)
+    info = register_champion(chosen, "/models/My Model.onnx", "cpu-avx2-2c", parent(client, exp), uri,
+                             ModelConfig(name=str(chosen.selected.path), labels=("cat", "dog", "owl")))
     assert info["registered_model"] == registry_name("/models/My Model.onnx") == "My-Model"
     mlflow.set_tracking_uri(uri)
-    loaded = mlflow.onnx.load_model(f"models:/{info['registered_model']}@champion")
-    assert [o.name for o in loaded.graph.output] == ["logits"]
+    loaded = mlflow.pyfunc.load_model(f"models:/{info['registered_model']}@champion")
+    png = io.BytesIO()
+    Image.fromarray(np.array([[0, 0], [255, 0]], dtype=np.uint8)).save(png, format="PNG")
+    answer = loaded.predict(pd.DataFrame({"content_b64": [base64.b64encode(png.getvalue()).decode(), "bm90IGFuIGltYWdl"]}))
+    assert answer.loc[0, "status"] == "ok" and answer.loc[0, "label"] == "owl"  # pixel 3 of 4 -> class 2 (eye(4, 3))
+    assert answer.loc[1, "status"] == "error" and answer.loc[1, "error"].startswith("not an image")
+    version = client.get_model_version("My-Model", info["version"])
+    assert version.tags["helios.labels"] == "cat,dog,owl" and "int8-static" in version.description
+    assert loaded.metadata.metadata["hardware_class"] == "cpu-avx2-2c"
 
 
 def test_logged_model_is_filed_under_the_runs_experiment_not_the_working_directory(store, tmp_path, monkeypatch):
@@ -100,7 +124,7 @@ def test_logged_model_is_filed_under_the_runs_experiment_not_the_working_directo
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    info = register_champion(result(tmp_path / "a", 100.0), "mnist-cnn", "cpu-avx2-2c", parent(client, exp), uri)
+    info = champion(result(tmp_path / "a", 100.0), "cpu-avx2-2c", store)
     model_id = info["model_uri"].removeprefix("models:/")
     assert client.get_logged_model(model_id).experiment_id == exp
     assert list(cwd.iterdir()) == []  # MLflow 3 put it in ./mlruns under the Default experiment before

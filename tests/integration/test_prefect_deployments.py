@@ -92,7 +92,7 @@ def test_gpu_stage_is_dispatched_to_the_gpu_pool_and_its_result_read_back(deploy
     done = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-3000:]}\nworker:\n{gpu_worker.log_tail()}"
     result = json.loads(done.stdout.split("INFER_RESULT ", 1)[1])
-    assert result["counts"] == {"files": 31, "ok": 30, "error": 1, "flagged": 0, "reused": 0}
+    assert result["counts"] == {"files": 31, "ok": 30, "error": 1, "flagged": 0, "reused": 0, "worker_deaths": 0}
     assert result["predictions_path"] == str(tmp_path / "run" / "predictions.parquet")
     assert Path(result["predictions_path"]).is_file()
 

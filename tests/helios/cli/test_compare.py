@@ -41,8 +41,8 @@ def tracking_uri(tmp_path_factory) -> str:
 def test_compare_lists_newest_runs_first_with_tags_and_metrics(tracking_uri):
     frame = compare_runs(tracking_uri, "helios", last=10)
 
-    assert list(frame.columns) == ["run_id", "start", "model", "variant", "hardware_class", "throughput",
-                                   "accuracy", "llm_cost_usd", "status"]
+    assert list(frame.columns) == ["run_id", "start", "model", "variant", "hardware_class", "input_digest", "throughput",
+                                   "accuracy", "llm_cost_usd", "compute_cost_usd", "cost_per_1k_files_usd", "status"]
     assert list(frame["model"]) == ["no-variant-tag", "minilm-[zero-shot]", "mnist-cnn", "mnist-cnn"]
     assert list(frame["status"]) == ["RUNNING", "FAILED", "FINISHED", "FINISHED"]
     assert frame.loc[2, "throughput"] == 1700.0 and frame.loc[2, "llm_cost_usd"] == 0.0123

@@ -120,7 +120,8 @@ def test_a_failing_runner_fails_the_shard_and_stops_the_others(tmp_path, mnist_r
 
 def test_stage_cores_do_not_import_prefect():
     modules = ["tasks.infer.source", "tasks.infer.scan", "tasks.infer.shard", "tasks.infer.engine",
-               "tasks.infer.plan", "tasks.infer.index", "tasks.infer.model_ref", "tasks.infer.result"]
+               "tasks.infer.plan", "tasks.infer.index", "tasks.infer.model_ref", "tasks.infer.result",
+               "tasks.infer.workers"]
     code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -32,6 +32,9 @@ def hostile_report() -> dict:
                        "failures": [{"suite": EVIL, "expectation": EVIL, "column": EVIL, "details": EVIL,
                                      "sample_rows": [{EVIL: EVIL}]}]},
         "config": {EVIL: EVIL},
+        "drift": {"status": EVIL, "label_psi": 0.3, "label_level": EVIL, "accuracy_change": {EVIL: -0.1},
+                  "previous_run": {"mlflow_run_id": EVIL}},
+        "costs": {"hardware_class": EVIL, "compute_usd": 0.01},
     }
 
 
