@@ -43,7 +43,9 @@ def main() -> None:
     from tasks.infer.config import InferConfig
     from tasks.infer.model_ref import make_model_ref
     from flows.runners import make_task_runner
-    from tasks.infer.scan import scan_input
+    from tasks.infer.scan import allow_malloc_tuning, scan_input
+
+    allow_malloc_tuning()  # as `helios run` does: the memory figures are the CLI's
 
     profile = detect(args.corpus, io_probe_seconds=0.1)
     rec = recommend(profile)

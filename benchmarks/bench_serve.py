@@ -8,8 +8,9 @@ The model is ``models:/NAME@champion`` of the store (run ``helios run`` / ``heli
 started as ``helios serve`` starts it (the same command line) and gets pre-encoded JSON bodies from persistent
 HTTP connections, one per client thread. The pyfunc gets DataFrames (its decode, resize, tokenize included); the
 bare session gets feeds collated beforehand (no decoding: the ceiling). Inputs are the demo corpus of the model's
-modality. Every cell runs ``--seconds`` after a warm-up; items/s = requests/s x batch. Prints a markdown table and
-the server/pyfunc ratios. Client and server share this machine's cores. Not a test.
+modality. Every cell runs ``--seconds`` in ``--rounds`` turns, the contenders alternating (after a warm-up);
+items/s = requests/s x batch. Prints a markdown table and the server/pyfunc ratios. Client and server share this
+machine's cores. Not a test.
 """
 from __future__ import annotations
 
@@ -75,9 +76,14 @@ def measure(call, payloads: list, concurrency: int, seconds: float) -> dict:
     t0 = time.perf_counter()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    ms = np.array(latencies) * 1000
-    return {"rps": len(ms) / wall, "p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95))}
+    return {"wall": time.perf_counter() - t0, "latencies": latencies}
+
+
+def pooled(rounds: list[dict]) -> dict:
+    """Requests/s over all rounds of one contender, and its latency percentiles."""
+    ms = np.array([x for r in rounds for x in r["latencies"]]) * 1000
+    return {"rps": len(ms) / sum(r["wall"] for r in rounds), "p50": float(np.percentile(ms, 50)),
+            "p95": float(np.percentile(ms, 95))}
 
 
 def http_caller(port: int):
@@ -176,7 +182,8 @@ def main() -> None:
     parser.add_argument("--model", default="mnist-cnn", help="registered model name (its champion is served)")
     parser.add_argument("--tracking-uri", default=f"sqlite:///{Path('helios-work/mlflow.db').resolve()}")
     parser.add_argument("--n", type=int, default=512, help="demo files used as inputs")
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell, over all rounds")
+    parser.add_argument("--rounds", type=int, default=5, help="turns each contender takes per cell")
     parser.add_argument("--workers", default="1,2", help="uvicorn worker counts: one server each")
     args = parser.parse_args()
     os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
@@ -193,10 +200,16 @@ def main() -> None:
                 servers.append(start_server(args.model, args.tracking_uri, port, w, Path(tmp) / f"server-{w}.log"))
             results = []
             for size in (1, 32):
-                for name, call, payloads in contenders(args.model, ports, rows, size, Path(tmp)):
-                    for conc in (1, 8):
-                        results.append((name, size, conc, measure(call, payloads, conc, args.seconds)))
-                        print(f"{name} batch {size} conc {conc}: {results[-1]}", file=sys.stderr)
+                cells = contenders(args.model, ports, rows, size, Path(tmp))
+                for conc in (1, 8):
+                    # Contenders take turns, round after round, so a change in the machine's load hits all alike.
+                    rounds: dict[str, list] = {name: [] for name, _, _ in cells}
+                    for _ in range(args.rounds):
+                        for name, call, payloads in cells:
+                            rounds[name].append(measure(call, payloads, conc, args.seconds / args.rounds))
+                    for name in rounds:
+                        results.append((name, size, conc, pooled(rounds[name])))
+                        print(f"{name} batch {size} conc {conc}: {results[-1][3]}", file=sys.stderr)
         finally:
             for server in servers:
                 os.killpg(server.pid, signal.SIGTERM)

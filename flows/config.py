@@ -37,6 +37,9 @@ class TrackingConfig(StageConfig):
         default_factory=lambda: dict(DEFAULT_HOURLY_USD),
         description="USD per hour of one GPU (gpu classes) or one core (cpu classes), by key: cpu, gpu, or kind-fragment "
                     "(gpu-h100); the longest matching key wins. Defaults and their sources: tasks/report/costs.py.")
+    champion_class: str | None = Field(None, description="Hardware class whose champion the global `champion` alias "
+                                       "names (the class the deployment serves on); None: the class that holds it "
+                                       "now, else the first class to get a champion.")
     schedule_interval_s: float = Field(86400, gt=0, description="Period of the schedule this config runs under "
                                        "(the nightly cron: 1 day); exported for the no-successful-run alert.")
 

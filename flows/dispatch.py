@@ -5,10 +5,16 @@ With ``infer.pool: gpu`` the pipeline takes a slot of the ``gpu`` global concurr
 ``predictions.parquet`` into the run directory and persists the flow's return value to the ``helios-results``
 local-file-system block; both live on the volume every worker mounts at the same path, so this process reads the
 InferResult back from the finished flow run's state.
+
+A GPU run that has not finished when the wait times out is cancelled before the slot is given back: a run the worker
+has not started is set Cancelled; a started one is set Cancelling, its worker stops the process and reports
+Cancelled, and only then (or after ``CANCEL_WAIT_S``) is the slot released, so the next pipeline never shares the GPU
+with an orphaned run.
 """
 from __future__ import annotations
 
 import logging
+import time
 
 from flows.infer import infer_flow
 from helios.errors import UsageError
@@ -22,8 +28,13 @@ log = logging.getLogger(__name__)
 
 GPU_TIMEOUT_S = 6 * 3600.0  # waiting for a GPU slot, and then for the run, each at most this long
 POLL_S = 2.0  # how often run_deployment asks the server whether the GPU run has finished
+CANCEL_WAIT_S = 120.0  # how long a timed-out GPU run's worker gets to stop it and report Cancelled
+# ORT's int8 kernels (DynamicQuantizeMatMul, QAttention, QLinearConv) are CPU kernels: under the CUDA EP they run on the
+# CPU with copies in between, so a variant selected for its int8 speed on a CPU is the wrong one for a GPU.
+CPU_ONLY_VARIANTS = ("int8-dynamic", "int8-static")
 
-__all__ = ["GpuStageError", "gpu_parameters", "infer_result_of", "run_infer_stage"]
+__all__ = ["GpuStageError", "cancel_flow_run", "gpu_parameters", "infer_result_of", "run_infer_stage",
+           "variant_for_pool"]
 
 
 class GpuStageError(RuntimeError):
@@ -43,6 +54,21 @@ def run_infer_stage(cfg: InferConfig, model_ref: ModelRef, manifest_path: str, r
         infer = infer_flow.with_options(task_runner=make_task_runner(cfg))
         return infer(cfg, model_ref, manifest_path, run_dir, profile)
     return dispatch_to_gpu(gpu_parameters(cfg, model_ref, manifest_path, run_dir, profile), timeout_s)
+
+
+def variant_for_pool(optimized, pool: str):
+    """The variant the infer stage runs: the selected one, except that the GPU pool never gets a CPU-only (int8)
+    variant selected on this CPU; it gets the lossless fp32 variant (ORT optimizes it for the CUDA EP when it opens
+    it). A reused int8 version with no fp32 beside it is sent as it is."""
+    chosen = optimized.selected
+    if pool != "gpu" or chosen.name not in CPU_ONLY_VARIANTS:
+        return chosen
+    fp32 = next((v for v in optimized.variants if v.name == "fp32" and not v.error), None)
+    if fp32 is None:
+        log.warning("the GPU pool gets %s, a CPU-only variant (no fp32 variant to send instead)", chosen.name)
+        return chosen
+    log.info("the GPU pool gets fp32, not %s (selected for this CPU; its int8 kernels do not run on CUDA)", chosen.name)
+    return fp32
 
 
 def gpu_parameters(cfg: InferConfig, model_ref: ModelRef, manifest_path: str, run_dir: str, profile: dict) -> dict:
@@ -65,10 +91,14 @@ def dispatch_to_gpu(parameters: dict, timeout_s: float) -> InferResult:
 
     # strict: a missing limit is a setup error, not "no limit"; a lease renewal hiccup must not kill a long GPU run
     slot = concurrency(GPU_LIMIT, occupy=1, strict=True, timeout_seconds=timeout_s, raise_on_lease_renewal_failure=False)
+    timed_out = False
     try:
         with slot:
             log.info("GPU slot taken; starting %s", GPU_DEPLOYMENT)
             flow_run = run_deployment(GPU_DEPLOYMENT, parameters=parameters, timeout=timeout_s, poll_interval=POLL_S)
+            timed_out = flow_run.state is None or not flow_run.state.is_final()
+            if timed_out:  # stop it before the slot goes, so the next run never shares the GPU with it
+                flow_run = cancel_flow_run(flow_run.id, f"no result after {timeout_s:.0f} s: cancelled by the pipeline")
     except ObjectNotFound as exc:
         raise UsageError(f"deployment {GPU_DEPLOYMENT} not found on the Prefect server: run `prefect deploy --all` "
                          "from the Helios checkout, or set infer.pool=local") from exc
@@ -80,7 +110,32 @@ def dispatch_to_gpu(parameters: dict, timeout_s: float) -> InferResult:
             raise UsageError(f"concurrency limit {GPU_LIMIT!r} is missing on the Prefect server: run "
                              "`helios ops pools`, or set infer.pool=local") from exc
         raise GpuStageError(f"could not take a slot of concurrency limit {GPU_LIMIT!r}: {exc}") from exc
+    if timed_out and flow_run.state is not None and flow_run.state.is_cancelled():
+        raise GpuStageError(f"GPU infer run {flow_run.name} ({flow_run.id}) gave no result in {timeout_s:.0f} s: "
+                            "cancelled by the pipeline, then its GPU slot was released; its logs are in the Prefect UI")
     return infer_result_of(flow_run, timeout_s)
+
+
+def cancel_flow_run(flow_run_id, message: str, wait_s: float = CANCEL_WAIT_S):
+    """Cancel an unfinished flow run and wait (at most ``wait_s``) until it is final; return it as last read.
+
+    Scheduled (no worker has it): set Cancelled at once. Pending or Running: set Cancelling, which its worker acts on
+    by stopping the run's process and setting Cancelled."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Cancelling
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        if run.state is not None and run.state.is_final():
+            return run
+        waiting = run.state is None or run.state.is_scheduled()
+        client.set_flow_run_state(flow_run_id, Cancelled(message=message) if waiting else Cancelling(message=message),
+                                  force=True)
+        log.warning("GPU run %s (%s): %s", run.name, flow_run_id, message)
+        deadline = time.monotonic() + wait_s
+        while not (run := client.read_flow_run(flow_run_id)).state.is_final() and time.monotonic() < deadline:
+            time.sleep(min(POLL_S, 0.5))
+        return run
 
 
 def infer_result_of(flow_run, timeout_s: float = GPU_TIMEOUT_S) -> InferResult:
@@ -90,7 +145,8 @@ def infer_result_of(flow_run, timeout_s: float = GPU_TIMEOUT_S) -> InferResult:
     state, name = flow_run.state, f"{flow_run.name} ({flow_run.id})"
     if state is None or not state.is_final():
         raise GpuStageError(f"GPU infer run {name} is still {state.name if state else 'unscheduled'} after "
-                            f"{timeout_s:.0f} s: is a worker polling pool helios-gpu? (prefect worker start --pool helios-gpu)")
+                            f"{timeout_s:.0f} s and did not confirm its cancellation: is a worker polling pool "
+                            "helios-gpu? (prefect worker start --pool helios-gpu)")
     if not state.is_completed():
         raise GpuStageError(f"GPU infer run {name} ended {state.name}: {state.message or 'no message'}; "
                             "its logs are in the Prefect UI")

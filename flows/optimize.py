@@ -13,11 +13,14 @@ from pathlib import Path
 from flows.inputs import sample_paths
 from flows.config import PipelineConfig
 from helios.errors import UsageError
-from helios.files import read_labels
+from helios.catalog import RunCatalog
+from helios.files import read_labels, write_json
 from helios.models import load_model
 from helios.redact import redact
 from tasks.optimize.config import OptimizeConfig
 from tasks.optimize.core import optimize_model
+from tasks.optimize.known import KnownFailure, failures_of, merge
+from tasks.optimize.result import OptimizeResult
 from tasks.prepare.config import PrepareConfig
 
 
@@ -64,13 +67,60 @@ def run_optimize(adapter, sample: Path | None, out: Path, cfg: OptimizeConfig | 
     profile = detect(str(sample), io_probe_seconds=0.2)
     rec = recommend(profile)
     prepared = prepare_model(prepare_cfg, adapter, paths, out, rec.providers, rec.intra_op_threads)
-    return optimize_model(cfg, adapter, prepared, paths, out, profile, rec, truth), profile
+    record = RunCatalog.at(out).optimize_failures
+    result = optimize_model(cfg, adapter, prepared, paths, out, profile, rec, truth, known=read_known(record))
+    remember_failures(record, result, adapter.name, cfg)
+    return result, profile
+
+
+def optimize_in_run(cfg: OptimizeConfig, adapter, prepared, sample: list[Path], catalog: RunCatalog, profile, rec,
+                    truth: dict[str, str] | None, manifest_path: Path) -> OptimizeResult:
+    """The pipeline's optimize stage, sized to the run (the scan's item count) and told which variants are known to
+    miss the quality budget here (the work directory's record, updated with this run's misses)."""
+    from tasks.optimize.task import optimize_stage
+
+    record = catalog.optimize_failures
+    result = optimize_stage(cfg, adapter, prepared, sample, catalog.model_dir, profile, rec, truth,
+                            run_items=run_size(manifest_path), known=read_known(record))
+    remember_failures(record, result, adapter.name, cfg)
+    return result
+
+
+def run_size(manifest_path: Path) -> int:
+    """Items the run will infer at most: the rows of the scan's manifest (read from the Parquet footer)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(manifest_path).metadata.num_rows
+
+
+def read_known(path: Path) -> list[KnownFailure]:
+    """The known failures recorded in ``path`` (none when it is missing or unreadable: they only save time)."""
+    import json
+
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8")).get("known_failures", [])
+        return [KnownFailure.from_dict(row) for row in rows]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+
+
+def remember_failures(path: Path, result: OptimizeResult, model_name: str, cfg: OptimizeConfig) -> None:
+    """Add the lossy variants of ``result`` that missed the quality budget to the record in ``path``."""
+    keys = result.context.get("recipe_keys", {})
+    new = failures_of(result, model_name, result.context.get("hardware_class", ""), keys, cfg.min_agreement,
+                      cfg.min_cosine)
+    if new:
+        rows = [r.to_dict() for r in merge(read_known(path), new)]
+        write_json({"about": "variants that missed optimize's quality budget; not rebuilt for the same model, "
+                             "hardware class and recipe (delete this file to rebuild them)", "known_failures": rows},
+                   path)
 
 
 def track_optimize(cfg: PipelineConfig, result, out: Path, model_name: str, hardware_class: str) -> dict:
     """One MLflow run for this call: settings, the variants as nested runs, the selected model registered."""
     from flows.tags import TAG_COMMAND, TAG_RUN_NAME, make_run_tags
     from flows.tracking import Tracker, default_tracking_uri
+    from flows.reuse import source_key
     from flows.tracking_models import log_variants, register_champion
 
     work_dir = out.resolve().parent
@@ -81,7 +131,9 @@ def track_optimize(cfg: PipelineConfig, result, out: Path, model_name: str, hard
     try:
         tracker.params({"config": redact(cfg.model_dump(mode="json", include={"model", "prepare", "optimize"}))})
         log_variants(result, tracker.run_id, uri)
-        champion = register_champion(result, model_name, hardware_class, tracker.run_id, uri, cfg.model)
+        champion = register_champion(result, model_name, hardware_class, tracker.run_id, uri, cfg.model,
+                                     champion_class=cfg.tracking.champion_class,
+                                     max_regression=cfg.optimize.max_regression, source_key=source_key(cfg))
     except BaseException:
         tracker.finish("FAILED")
         raise

@@ -10,21 +10,23 @@ from prefect import flow, get_run_logger
 
 from flows.config import PipelineConfig
 from flows.deployments import check_deployment_parameters, running_deployment_id
-from flows.dispatch import run_infer_stage
-from flows.inputs import decodable_root, manifest_sample, resolve_input
+from flows.dispatch import run_infer_stage, variant_for_pool
+from flows.inputs import decodable_root, manifest_sample, resolve_input, table_spec
+from flows.predictions import read_predictions, save_predictions
 from flows.lineage import RunInputs
 from flows.logs import configure_logging, set_log_context
+from flows.optimize import optimize_in_run
 from flows.run_metrics import publish_failure, publish_run, run_drift
 from flows.review_traces import review_tracer
-from flows.tracking import PendingTracker, Tracker, start_tracking, track_run
+from flows.reuse import ReusedModel, class_champion, is_model_uri, registered_model, source_key
+from flows.tracking import PendingTracker, Tracker, default_tracking_uri, start_tracking, track_run
 from helios.catalog import RunCatalog
-from helios.files import read_labels, write_frame, write_json
-from helios.models import ModelAdapter, load_model
+from helios.files import read_labels, write_json
+from helios.models import ModelAdapter, ModelConfig, load_model
 from helios.redact import redact, redact_uri
 from tasks.detect.task import detect_stage
 from tasks.infer.model_ref import ModelRef, make_model_ref
 from tasks.infer.task import scan_stage
-from tasks.optimize.task import optimize_stage
 from tasks.prepare.task import prepare_stage
 from tasks.refine.context import RefineContext
 from tasks.refine.task import refine_stage
@@ -41,15 +43,11 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     catalog = RunCatalog.at(config.out).create()
     tracking = begin_tracking(config, catalog)
     try:
-        run = open_run(config, catalog)
+        run = open_run(config, catalog, tracking)
         profile, rec = run.clock.lap("detect", detect_stage(run.input_root))
-        scan = scan_stage(run.input_root, str(catalog.run_dir))
-        sample = run.local_sample(scan.manifest_path, max(config.optimize.eval_samples, config.prepare.parity_samples))
-        prepared = run.clock.lap("prepare", prepare_stage(config.prepare, run.adapter, sample, catalog.model_dir,
-                                                          rec.providers, rec.intra_op_threads))
-        optimized = run.clock.lap("optimize", optimize_stage(config.optimize, run.adapter, prepared, sample,
-                                                             catalog.model_dir, profile, rec, run.truth))
-        model_ref = selected_model(config, optimized, rec.intra_op_threads)
+        scan = scan_stage(run.input_root, str(catalog.run_dir), table_spec(config, run.adapter.modality))
+        prepared, optimized = prepare_and_optimize(run, scan.manifest_path, profile, rec, tracking)
+        model_ref = selected_model(run.model, optimized, rec.intra_op_threads, config.infer.pool)
         inferred = run.clock.lap("infer", run_infer_stage(config.infer, model_ref, str(scan.manifest_path),
                                                           str(catalog.run_dir), profile.to_dict(), rec.batch_size))
         files_root = run.files_root(inferred)
@@ -72,7 +70,8 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         raise
     get_run_logger().info("Helios run finished: %s files in %.1f s", inferred.counts.get("files"), sum(summary.stages.values()))
     return {"run_dir": str(catalog.run_dir), "report": report, "mlflow_run_id": summary.mlflow["run_id"],
-            "tracking_uri": summary.mlflow["tracking_uri"], "counts": inferred.counts, "accuracy": summary.accuracy}
+            "tracking_uri": summary.mlflow["tracking_uri"], "counts": inferred.counts, "accuracy": summary.accuracy,
+            "reused": summary.model.get("reused")}
 
 
 class Stopwatch:
@@ -102,13 +101,17 @@ class OpenRun:
     groups: dict[str, str] | None
     adapter: ModelAdapter
     clock: Stopwatch
+    model: ModelConfig  # config.model, or the ModelConfig of the registered version --model models:/... names
+    reused: ReusedModel | None = None  # the registered version this run uses instead of preparing and optimizing
+    source_key: str | None = None  # what a champion registered by this run is optimized from (flows/reuse.py)
     sample: tuple[str, ...] = ()  # the files prepare and optimize measure on, relative to the input root
 
     def local_sample(self, manifest_path: Path, n: int) -> list[Path]:
         """Up to ``n`` input files spread over the manifest, as local paths (remote ones copied once)."""
         rels = manifest_sample(manifest_path, n)
         self.sample = tuple(rels)
-        root = decodable_root(self.input_root, rels, self.catalog.input_copies, self.config.infer.max_file_bytes)
+        root = decodable_root(self.input_root, rels, self.catalog.input_copies, self.config.infer.max_file_bytes,
+                              manifest_path)
         return [Path(root) / rel for rel in rels]
 
     def inputs(self) -> RunInputs:
@@ -116,7 +119,7 @@ class OpenRun:
         return RunInputs(self.input_root, self.labels_csv, self.sample if self.config.optimize.enabled else ())
 
     def predictions(self, inferred) -> pd.DataFrame:
-        return pd.read_parquet(inferred.predictions_path)
+        return read_predictions(inferred.predictions_path)  # list columns (infer.outputs) stay on disk
 
     def files_root(self, inferred) -> str:
         """A local root holding the ok files that refine and review decode (remote input: copied once)."""
@@ -124,22 +127,53 @@ class OpenRun:
         if self.config.refine.enabled or self.config.review.enabled:
             frame = pd.read_parquet(inferred.predictions_path, columns=["path", "status"])
             wanted = frame.loc[frame["status"] == "ok", "path"]
-        return decodable_root(self.input_root, wanted, self.catalog.input_copies, self.config.infer.max_file_bytes)
+        return decodable_root(self.input_root, wanted, self.catalog.input_copies, self.config.infer.max_file_bytes,
+                              self.catalog.manifest)
 
     def save(self, predictions: pd.DataFrame) -> pd.DataFrame:
         """Write predictions.parquet as the stages leave it (a later failure keeps what was done); return it."""
-        write_frame(predictions, self.catalog.predictions)
+        save_predictions(predictions, self.catalog.predictions)  # the infer stage's list columns carried over
         return predictions
 
 
-def open_run(config: PipelineConfig, catalog: RunCatalog) -> OpenRun:
-    """Resolve the input and labels, load the model, write config.json; fails in the first second on bad input."""
+def open_run(config: PipelineConfig, catalog: RunCatalog, tracking: PendingTracker) -> OpenRun:
+    """Resolve the input, labels and model (a ``models:/`` URI: its registered version, downloaded), load the
+    model, write config.json; fails in the first second on bad input."""
     check_deployment_parameters(config.model, running_deployment_id())
     input_root, labels_csv = resolve_input(config, catalog)
     truth, groups = read_labels(labels_csv)
     write_json(redact(config.model_dump(mode="json")), catalog.config)
-    adapter = load_model(config.model)
-    return OpenRun(config, catalog, input_root, labels_csv, truth, groups, adapter, Stopwatch())
+    reused, model = None, config.model
+    if is_model_uri(config.model.name):
+        tracking.result()  # the local store may be being created by the run's own tracking start: wait for it
+        reused = registered_model(config.model.name, tracking_uri(config, catalog), catalog.model_dir)
+        model = reused.model
+        check_deployment_parameters(model, running_deployment_id())  # the version's own settings, too
+    return OpenRun(config, catalog, input_root, labels_csv, truth, groups, load_model(model), Stopwatch(), model,
+                   reused, None if reused else source_key(config))
+
+
+def prepare_and_optimize(run: OpenRun, manifest_path: Path, profile, rec, tracking: PendingTracker):
+    """(prepared, optimized): the prepare and optimize stages, or a registered version reused instead (the
+    ``models:/`` URI, else this hardware class's champion when it was optimized from the same model and settings)."""
+    config, catalog = run.config, run.catalog
+    if run.reused is None and config.tracking.enabled and config.optimize.reuse_champion:
+        tracking.result()
+        run.reused = class_champion(config, profile.hardware_class, tracking_uri(config, catalog), catalog.model_dir,
+                                    run.source_key)
+    if run.reused is not None:
+        prepared = run.clock.lap("prepare", run.reused.prepared())
+        return prepared, run.clock.lap("optimize", run.reused.optimized(catalog.model_dir, config.optimize.min_gain))
+    sample = run.local_sample(manifest_path, max(config.optimize.eval_samples, config.prepare.parity_samples))
+    prepared = run.clock.lap("prepare", prepare_stage(config.prepare, run.adapter, sample, catalog.model_dir,
+                                                      rec.providers, rec.intra_op_threads))
+    return prepared, run.clock.lap("optimize", optimize_in_run(config.optimize, run.adapter, prepared, sample,
+                                                               catalog, profile, rec, run.truth, manifest_path))
+
+
+def tracking_uri(config: PipelineConfig, catalog: RunCatalog) -> str:
+    """The MLflow store of this run (and of its registry)."""
+    return config.tracking.mlflow_uri or default_tracking_uri(catalog.work_dir)
 
 
 def flow_run_info() -> dict:
@@ -164,10 +198,11 @@ def begin_tracking(config: PipelineConfig, catalog: RunCatalog) -> PendingTracke
     return PendingTracker(start, background=not config.tracking.mlflow_uri, prefect=info)
 
 
-def selected_model(config: PipelineConfig, optimized, threads: int) -> ModelRef:
-    """The infer stage's handle on the variant the optimize stage selected."""
-    chosen = optimized.selected
-    return make_model_ref(config.model, chosen.path, chosen.name, tuple(chosen.providers), threads)
+def selected_model(model: ModelConfig, optimized, threads: int, pool: str = "local") -> ModelRef:
+    """The infer stage's handle on the variant the optimize stage selected (for the GPU pool never a CPU-only one:
+    ``flows.dispatch.variant_for_pool``)."""
+    chosen = variant_for_pool(optimized, pool)
+    return make_model_ref(model, chosen.path, chosen.name, tuple(chosen.providers), threads)
 
 
 def summarize(run: OpenRun, predictions: pd.DataFrame, hardware, prepared, optimized, inferred, later,
@@ -184,12 +219,14 @@ def summarize(run: OpenRun, predictions: pd.DataFrame, hardware, prepared, optim
     return RunSummary(
         hardware=profile.to_dict(), recommendation=rec.to_dict(), config=redact(run.config.model_dump(mode="json")),
         input=redact_uri(run.input_root), labels=redact_uri(run.labels_csv),
-        model={"name": run.adapter.name, "variant": optimized.selected.name, "parity": prepared.parity},
+        model={"name": run.adapter.name, "variant": optimized.selected.name, "parity": prepared.parity,
+               "source_key": run.source_key, **({"reused": run.reused.describe()} if run.reused else {}),
+               "infer_variant": variant_for_pool(optimized, run.config.infer.pool).name},
         counts=inferred.counts, stages=dict(run.clock.stages), variants=[v.to_dict() for v in optimized.variants],
         throughput=inferred.throughput, files_per_s=inferred.files_per_s,
         accuracy=accuracy, per_group=per_group, refine=refined, review=reviewed,
         mlflow={"tracking_uri": redact_uri(tracker.tracking_uri), "run_id": tracker.run_id}, prefect=tracking.prefect,
-        drift=run_drift(run.catalog, predictions, accuracy, refined), costs=costs)
+        drift=run_drift(run.catalog, predictions, accuracy, refined), costs=costs, outputs=inferred.outputs)
 
 
 def finish_report(catalog: RunCatalog, stages: dict[str, float]) -> dict[str, float]:

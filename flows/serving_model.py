@@ -9,8 +9,11 @@ model is loaded (it is not on PyPI, so MLflow cannot install it: serve with ``--
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,9 @@ from flows.tags import TAG_ACCURACY, TAG_INPUT, TAG_LABELS, TAG_MODALITY, TAG_PA
 from helios.models import BUILT_IN, ModelAdapter, ModelConfig, load_model
 
 ENTRY = Path(__file__).with_name("serving_entry.py")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json", "sentence_bert_config.json")
+# what load_model needs of a Hugging Face directory without its weights (preprocessor_config.json: image classifiers)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json", "sentence_bert_config.json",
+                   "preprocessor_config.json")
 
 
 def log_serving_model(result, model: ModelConfig, hardware_class: str, run_id: str, registered: str,
@@ -40,12 +45,28 @@ def log_serving_model(result, model: ModelConfig, hardware_class: str, run_id: s
                     # the batch the optimize stage measured fastest (int8 minilm on a 2-core AVX2/AMX CPU: 1, where
                     # batches of 32 padded texts ran 3x slower); a request's rows run in batches of that size
                     "batch_size": selected.best_batch or 32}
-        info = Model.log(
-            artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id, registered_model_name=registered,
-            python_model=str(ENTRY), artifacts=artifacts, model_config=settings, signature=signature(adapter),
-            input_example=input_example(adapter), pip_requirements=requirements, metadata=card,
-        )
+        with no_download_bars():
+            info = Model.log(
+                artifact_path=None, name="model", flavor=mlflow.pyfunc, run_id=run_id, registered_model_name=registered,
+                python_model=str(ENTRY), artifacts=artifacts, model_config=settings, signature=signature(adapter),
+                input_example=input_example(adapter), pip_requirements=requirements, metadata=card,
+            )
     return info, card
+
+
+@contextmanager
+def no_download_bars() -> Iterator[None]:
+    """MLflow's check of the input example downloads the model it just logged, with a tqdm bar per file on stderr
+    ("Downloading artifacts: 100%"), which no user asked for; the variable is restored afterwards."""
+    name, before = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 def stage_artifacts(tmp: Path, selected, model: ModelConfig, card: dict) -> dict[str, str]:

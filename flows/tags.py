@@ -21,6 +21,7 @@ TAG_QUALITY = "helios.quality"
 TAG_QUALITY_METRIC = "helios.quality_metric"
 TAG_PROVIDERS = "helios.providers"
 TAG_CHAMPION_COMPARISON = "helios.champion_comparison"
+TAG_SOURCE_KEY = "helios.source_key"  # which model and settings a version was optimized from (flows/reuse.py)
 # the served model's card on its registered version (flows/serving_model.py)
 TAG_LABELS = "helios.labels"
 TAG_TASK = "helios.task"

@@ -1,7 +1,11 @@
 """MLflow tracking for a pipeline run, by explicit run id (tasks run in worker threads, so no implicit active run)."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import posixpath
+import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +18,23 @@ from helios.redact import redact, redact_uri
 log = logging.getLogger(__name__)
 
 PARAM_LIMIT = 6000  # MLflow's max param value length in recent versions
+KEY_LIMIT = 250  # MLflow's max metric and param key length
+_KEY_OK = re.compile(r"[\w.\- :/]")  # what MLflow accepts in a metric or param key (besides the path rule)
+
+
+def mlflow_key(name: str) -> str:
+    """``name`` as a key MLflow accepts: each character it rejects (``& + ' ? ( )`` ...) as ``_xHH_`` (its code
+    point in hex), a slash too where the key would not be a normal path (``a//b``, ``../x``), and a key over 250
+    characters cut with a hash of the whole. Keys MLflow accepts are unchanged, so ``rock&roll`` logs as
+    ``rock_x26_roll`` and ``cat`` as ``cat``."""
+    key = "".join(c if _KEY_OK.fullmatch(c) else f"_x{ord(c):02x}_" for c in name)
+    if key and (posixpath.normpath(key) != key or key.startswith(("/", ".."))):
+        key = key.replace("/", "_x2f_")
+        if key in (".", "..") or key.startswith(".."):
+            key = key.replace(".", "_x2e_")
+    if len(key) > KEY_LIMIT:
+        key = f"{key[:KEY_LIMIT - 17]}_{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return key
 
 
 def default_tracking_uri(work_dir: Path) -> str:
@@ -28,6 +49,7 @@ class Tracker:
     run_id: str | None
     client: Any = None
     monitor: Any = None  # the system metrics monitor sampling during the run (flows/system_metrics.py)
+    saved_globals: "MlflowGlobals | None" = None  # MLflow's process-wide state before start(), put back by finish()
 
     @classmethod
     def off(cls) -> "Tracker":
@@ -44,8 +66,11 @@ class Tracker:
         exp_id = ensure_experiment(client, experiment,
                                    artifact_root.resolve().as_uri() if tracking_uri.startswith("sqlite") else None)
         run = client.create_run(exp_id, tags=tags, run_name=tags.get(TAG_RUN_NAME))
-        mlflow.set_tracking_uri(tracking_uri)  # for helpers that use the fluent API (mlflow.onnx.log_model)
-        return cls(tracking_uri, run.info.run_id, client)
+        saved = MlflowGlobals.save()
+        # For the fluent API while the run lasts (model logging, the review's traces); finish() puts back what the
+        # process had, so Helios used as a library leaves MLflow's globals as it found them.
+        mlflow.set_tracking_uri(tracking_uri)
+        return cls(tracking_uri, run.info.run_id, client, saved_globals=saved)
 
     @property
     def enabled(self) -> bool:
@@ -56,7 +81,7 @@ class Tracker:
             return
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)[:PARAM_LIMIT]) for k, v in flatten(params).items()]
+        items = [Param(mlflow_key(k), str(v)[:PARAM_LIMIT]) for k, v in flatten(params).items()]
         for i in range(0, len(items), 100):  # MLflow caps a batch at 100 params
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
@@ -67,7 +92,8 @@ class Tracker:
         import time
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in flatten(metrics).items() if isinstance(v, (int, float))]
+        items = [Metric(mlflow_key(k), float(v), now, step) for k, v in flatten(metrics).items()
+                 if isinstance(v, (int, float))]
         for i in range(0, len(items), 1000):
             self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
 
@@ -89,7 +115,46 @@ class Tracker:
 
             stop_system_metrics(self.monitor)  # before the run ends: a finished run takes no more metrics
             self.monitor = None
-            self.client.set_terminated(self.run_id, status)
+            try:
+                self.client.set_terminated(self.run_id, status)
+            finally:
+                if self.saved_globals is not None:
+                    self.saved_globals.restore()
+                    self.saved_globals = None
+
+
+@dataclass(frozen=True)
+class MlflowGlobals:
+    """MLflow's process-wide tracking URI and active experiment: its module globals and the environment variables
+    it mirrors them to (``mlflow.set_tracking_uri`` and ``mlflow.set_experiment`` write both)."""
+
+    tracking_uri: str | None
+    experiment_id: str | None
+    environ: tuple[tuple[str, str | None], ...]
+
+    ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
+
+    @classmethod
+    def save(cls) -> "MlflowGlobals":
+        # MLflow has no public getter for "not set" (get_tracking_uri() answers a default): its module globals are
+        # read here, in the one place that touches them.
+        from mlflow.tracking import fluent
+        from mlflow.tracking._tracking_service import utils
+
+        return cls(utils._tracking_uri, fluent._active_experiment_id,
+                   tuple((name, os.environ.get(name)) for name in cls.ENV))
+
+    def restore(self) -> None:
+        import mlflow
+        from mlflow.tracking import fluent
+
+        mlflow.set_tracking_uri(self.tracking_uri)  # also resets MLflow's tracer to the restored URI
+        fluent._active_experiment_id = self.experiment_id
+        for name, value in self.environ:
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class PendingTracker:
@@ -161,6 +226,7 @@ def track_run(tracker: Tracker, summary, optimized, catalog, inputs=None) -> Non
     tracker.metrics({
         "stage_seconds": summary.stages, "files": summary.counts, METRIC_THROUGHPUT: summary.files_per_s,
         "accuracy": summary.accuracy, METRIC_ACCURACY: summary.accuracy.get("review"),
+        "accuracy_by_group": summary.per_group or {},  # group names come from the labels CSV: keys are encoded
         METRIC_LLM_COST: summary.llm_cost_usd, METRIC_RUN_COST: summary.run_cost_usd,
         METRIC_COMPUTE_COST: summary.compute_cost_usd, METRIC_COST_PER_1K: summary.costs.get("total_per_1k_files_usd"),
     })
@@ -171,8 +237,16 @@ def track_run(tracker: Tracker, summary, optimized, catalog, inputs=None) -> Non
     if inputs is not None:
         log_datasets(tracker.client, tracker.run_id, run_datasets(inputs, catalog.manifest))
     log_variants(optimized, tracker.run_id, tracker.tracking_uri)
-    champion = register_champion(optimized, summary.model["name"], hw_class, tracker.run_id, tracker.tracking_uri,
-                                 ModelConfig.model_validate(summary.config["model"]))
-    summary.model["version"] = (champion or {}).get("version")  # the registered version, for the metrics' info
+    reused = summary.model.get("reused")
+    if reused:  # a registered version was reused (flows/reuse.py): nothing new to register
+        summary.model["version"] = reused["version"]
+    else:
+        settings = summary.config
+        champion = register_champion(optimized, summary.model["name"], hw_class, tracker.run_id, tracker.tracking_uri,
+                                     ModelConfig.model_validate(settings["model"]),
+                                     champion_class=settings["tracking"].get("champion_class"),
+                                     max_regression=settings["optimize"].get("max_regression", 0.5),
+                                     source_key=summary.model.get("source_key"))
+        summary.model["version"] = (champion or {}).get("version")  # the registered version, for the metrics' info
     flush_traces()
     tracker.finish("FINISHED")

@@ -2,12 +2,18 @@
 
 Everything goes by explicit run id through ``MlflowClient`` (tasks run in worker threads, so there is no
 reliable active run). Champions are per hardware class, because a throughput measured on one machine says
-nothing about another: the version tags record the class and the figures, the alias ``champion-<class>``
-names the best version for that class, and ``champion`` follows the latest promotion.
+nothing about another: the version tags record the class and the figures, and the alias ``champion-<class>``
+names the best version for that class.
 
-"Beats": the new selected variant is within the quality budget (it was selected) and its throughput is at
-least ``(1 + min_gain)`` times the current class champion's; at equal speed (within that margin) higher quality
-wins. A first version for a class always becomes its champion.
+The global alias ``champion`` (what ``helios serve`` and ``models:/NAME@champion`` load) is always
+``champion-<C>`` for one class C, the serving class: ``tracking.champion_class`` when set, else the class of the
+version that holds ``champion`` now, else (no ``champion`` yet) the class of the first version ever registered.
+A new champion on another class never moves it.
+
+The regression gate ("beats"): the new selected variant is within the quality budget (it was selected), its
+accuracy on the labelled sample is at most ``max_regression`` points below the class champion's (when both were
+measured with labels), and its throughput is at least ``(1 + min_gain)`` times the champion's (faster beyond
+noise). A first version for a class always becomes its champion.
 """
 from __future__ import annotations
 
@@ -15,12 +21,14 @@ import re
 import time
 from typing import Any
 
-from flows.tags import (TAG_CHAMPION_COMPARISON, TAG_HARDWARE_CLASS, TAG_PARENT_RUN, TAG_PROVIDERS, TAG_QUALITY,
-                        TAG_QUALITY_METRIC, TAG_REASON, TAG_RUN_ID, TAG_SELECTED, TAG_THROUGHPUT, TAG_VARIANT)
+from flows.tags import (TAG_ACCURACY, TAG_CHAMPION_COMPARISON, TAG_HARDWARE_CLASS, TAG_PARENT_RUN, TAG_PROVIDERS,
+                        TAG_QUALITY, TAG_QUALITY_METRIC, TAG_REASON, TAG_RUN_ID, TAG_SELECTED, TAG_SOURCE_KEY,
+                        TAG_THROUGHPUT, TAG_VARIANT)
 from helios.models.config import ModelConfig
 from tasks.optimize.result import OptimizeResult, VariantReport
 
 ALIAS = "champion"
+MAX_REGRESSION = 0.5  # accuracy points a new champion may lose against the current one (optimize.max_regression)
 _NUMERIC = ("size_bytes", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_per_s", "best_batch",
             "peak_mem_mb", "agreement", "cosine", "min_cosine", "label_agreement", "accuracy")
 
@@ -54,10 +62,13 @@ def log_variants(result: OptimizeResult, parent_run_id: str, tracking_uri: str) 
 
 
 def register_champion(result: OptimizeResult, model_name: str, hardware_class: str, run_id: str,
-                      tracking_uri: str, model: ModelConfig | None = None) -> dict[str, Any]:
+                      tracking_uri: str, model: ModelConfig | None = None, *, champion_class: str | None = None,
+                      max_regression: float = MAX_REGRESSION, source_key: str | None = None) -> dict[str, Any]:
     """Log the selected variant as the servable pyfunc model (flows/serving.py; ``model``: the run's ModelConfig,
     default ``ModelConfig(name=model_name)``), register it as a new version of ``model_name`` with a model card,
-    and move the champion aliases when it beats the current champion of ``hardware_class``."""
+    move ``champion-<hardware_class>`` when it passes the regression gate, and keep ``champion`` on the serving
+    class (``champion_class``, see the module docstring). ``source_key`` (flows/reuse.py) says which model and
+    settings the version was optimized from, so a later run of the same can reuse it."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -73,20 +84,48 @@ def register_champion(result: OptimizeResult, model_name: str, hardware_class: s
     info, card = log_serving_model(result, model or ModelConfig(name=model_name), hardware_class, run_id, registered,
                                    runtime_requirements())
     version = str(info.registered_model_version)
-    for key, value in version_tags(selected, hardware_class, run_id).items():
+    tags = version_tags(selected, hardware_class, run_id)
+    if source_key:
+        tags[TAG_SOURCE_KEY] = source_key
+    for key, value in tags.items():
         client.set_model_version_tag(registered, version, key, value)
     describe_version(client, registered, version, card)
-    class_alias = f"{ALIAS}-{slug(hardware_class)}"
+    class_alias = class_alias_of(hardware_class)
     current = _current(client, registered, class_alias)
     margin = float(result.context.get("budget", {}).get("min_gain", 0.05))
-    comparison = compare(selected, current, margin)
+    comparison = compare(selected, current, margin, max_regression)
     if comparison["beats"]:
         client.set_registered_model_alias(registered, class_alias, version)
-        client.set_registered_model_alias(registered, ALIAS, version)
+    follow_serving_class(client, registered, champion_class, hardware_class)
     client.set_model_version_tag(registered, version, TAG_CHAMPION_COMPARISON, comparison["why"])
+    aliases = [a for a in (ALIAS, class_alias) if _version_of(client, registered, a) == version]
     return {"registered_model": registered, "version": version, "model_uri": info.model_uri,
-            "hardware_class": hardware_class, "promoted": comparison["beats"],
-            "aliases": [ALIAS, class_alias] if comparison["beats"] else [], "comparison": comparison}
+            "hardware_class": hardware_class, "promoted": comparison["beats"], "aliases": aliases,
+            "comparison": comparison}
+
+
+def class_alias_of(hardware_class: str) -> str:
+    """The registry alias of one hardware class's champion: ``champion-<class>``."""
+    return f"{ALIAS}-{slug(hardware_class)}"
+
+
+def serving_class(client, registered: str, champion_class: str | None, hardware_class: str) -> str:
+    """The class whose champion ``champion`` names: the setting, else the class of the current ``champion``
+    version, else ``hardware_class`` (the first class to get a champion)."""
+    if champion_class:
+        return champion_class
+    current = _current(client, registered, ALIAS)
+    return (current or {}).get(TAG_HARDWARE_CLASS) or hardware_class
+
+
+def follow_serving_class(client, registered: str, champion_class: str | None, hardware_class: str) -> bool:
+    """Point ``champion`` at ``champion-<serving class>`` (when that class has one); True when it moved."""
+    target = _version_of(client, registered, class_alias_of(serving_class(client, registered, champion_class,
+                                                                          hardware_class)))
+    if target is None or target == _version_of(client, registered, ALIAS):
+        return False
+    client.set_registered_model_alias(registered, ALIAS, target)
+    return True
 
 
 def runtime_requirements() -> list[str]:
@@ -111,23 +150,32 @@ def version_tags(v: VariantReport, hardware_class: str, run_id: str) -> dict[str
             TAG_PROVIDERS: ",".join(v.providers)}
 
 
-def compare(new: VariantReport, current: dict[str, str] | None, margin: float) -> dict[str, Any]:
-    """Does ``new`` beat the current class champion (its version tags)? Returns the figures and why."""
+def compare(new: VariantReport, current: dict[str, str] | None, margin: float,
+            max_regression: float = MAX_REGRESSION) -> dict[str, Any]:
+    """The regression gate: does ``new`` beat the current class champion (its version tags)? Returns the figures
+    and why. Accuracy is compared only when both were measured on a labelled sample."""
     new_tp = new.throughput_per_s
     new_q = new.agreement if new.task == "classifier" else new.cosine
     if current is None:
         return {"beats": True, "why": "first version for this hardware class", "new_throughput": new_tp}
     old_tp, old_q = _float(current.get(TAG_THROUGHPUT)), _float(current.get(TAG_QUALITY))
+    new_acc, old_acc = new.accuracy, _float(current.get(TAG_ACCURACY))
     facts = {"new_throughput": new_tp, "champion_throughput": old_tp, "new_quality": new_q, "champion_quality": old_q,
+             "new_accuracy": new_acc, "champion_accuracy": old_acc, "max_regression": max_regression,
              "champion_version": current.get("version"), "margin": margin}
     if new_tp is None:
-        return {**facts, "beats": False, "why": "optimize was disabled: nothing measured to compare"}
+        return {**facts, "beats": False, "why": "no throughput measured (optimize disabled, or a variant picked by "
+                "recipe): nothing to compare with the champion"}
+    if new_acc is not None and old_acc is not None and (old_acc - new_acc) * 100 > max_regression:
+        return {**facts, "beats": False, "why": f"accuracy regressed: {new_acc:.2%} vs champion {old_acc:.2%} "
+                f"(more than optimize.max_regression {max_regression} points)"}
     if old_tp is None or new_tp >= old_tp * (1 + margin):
-        return {**facts, "beats": True, "why": f"faster: {new_tp:.1f}/s vs {old_tp or 0:.1f}/s (needs +{margin:.0%})"}
-    if new_tp >= old_tp * (1 - margin) and new_q is not None and old_q is not None and new_q > old_q:
-        return {**facts, "beats": True, "why": f"as fast within {margin:.0%} and better quality ({new_q:.4f} > {old_q:.4f})"}
+        accuracy = "" if new_acc is None or old_acc is None else f", accuracy {new_acc:.2%} vs {old_acc:.2%}"
+        return {**facts, "beats": True, "why": f"faster: {new_tp:.1f}/s vs {old_tp or 0:.1f}/s (needs +{margin:.0%})"
+                f"{accuracy}"}
     return {**facts, "beats": False,
-            "why": f"not better: {new_tp:.1f}/s vs champion {old_tp:.1f}/s, quality {new_q} vs {old_q}"}
+            "why": f"not better: {new_tp:.1f}/s vs champion {old_tp:.1f}/s (needs +{margin:.0%}), "
+                   f"quality {new_q} vs {old_q}"}
 
 
 def _current(client, registered: str, alias: str) -> dict[str, str] | None:
@@ -138,6 +186,11 @@ def _current(client, registered: str, alias: str) -> dict[str, str] | None:
     except MlflowException:
         return None  # no champion for this hardware class yet
     return {**mv.tags, "version": str(mv.version)}
+
+
+def _version_of(client, registered: str, alias: str) -> str | None:
+    current = _current(client, registered, alias)
+    return current["version"] if current else None
 
 
 def _float(value: str | None) -> float | None:

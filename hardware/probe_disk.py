@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from hardware.profile import DiskInfo
+from helios.reader import RefusedFile, SafeReader
 
 _CHUNK = 1 << 20
 _MIN_EXISTING_BYTES = 8 << 20  # below this the timing is mostly open() overhead and noise
@@ -87,8 +88,10 @@ def _existing_ancestor(path: Path) -> Path:
 
 
 def _iter_files(root: Path, deadline: float):
-    """Regular files under root, depth-first, stopping at the deadline; unreadable folders are skipped."""
-    if root.is_file():
+    """Everything but folders under root, depth-first, stopping at the deadline; unreadable folders are skipped.
+
+    Links are not followed here: the reader decides (a link that stays inside the root is read, others refused)."""
+    if not root.is_dir():
         yield root
         return
     stack = [root]
@@ -98,21 +101,24 @@ def _iter_files(root: Path, deadline: float):
                 for entry in entries:
                     if entry.is_dir(follow_symlinks=False):
                         stack.append(Path(entry.path))
-                    elif entry.is_file():
+                    else:
                         yield Path(entry.path)
         except OSError:
             continue  # permission denied on one folder should not end the probe
 
 
 def _read_existing(root: Path, deadline: float) -> ReadProbe:
+    """Time reads of the input's own files, through the scan's safeguards (helios.reader): no FIFO or device is
+    opened and no symlink out of the input root is followed, so the probe reads only what the run will read."""
+    reader = SafeReader(root if root.is_dir() else root.parent, max_bytes=None)
     buffer = bytearray(_CHUNK)
     total, start = 0, time.perf_counter()
     for file in _iter_files(root, deadline):
         try:
-            with open(file, "rb", buffering=0) as handle:
-                while time.perf_counter() < deadline and (n := handle.readinto(buffer)):
+            with reader.open(file) as (fd, _):
+                while time.perf_counter() < deadline and (n := os.readv(fd, [buffer])):
                     total += n
-        except OSError:
+        except (OSError, RefusedFile):
             continue
         if time.perf_counter() >= deadline:
             break

@@ -37,6 +37,11 @@ class RunCatalog:
         return self.run_dir / "index.sqlite"
 
     @property
+    def rows(self) -> Path:
+        """Table input: each table's item column, copied by the scan into row groups shards read by reference."""
+        return self.run_dir / "rows"
+
+    @property
     def todo(self) -> Path:
         return self.run_dir / "todo.parquet"
 
@@ -99,6 +104,11 @@ class RunCatalog:
     @property
     def llm_cache(self) -> Path:
         return self.work_dir / "llm-cache"
+
+    @property
+    def optimize_failures(self) -> Path:
+        """Variants that missed the quality budget, per model, hardware class and recipe: not rebuilt next time."""
+        return self.work_dir / "optimize-known-failures.json"
 
     def drift_baseline(self, job: str) -> Path:
         """The last successful run's answer distribution for the next run of ``job`` on this run directory to compare

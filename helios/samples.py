@@ -1,26 +1,37 @@
 """The one reader of sample files for the stages that decode files themselves after the scan (prepare's parity
 sample, optimize's evaluation and calibration sample, refine's inputs).
 
-A file that cannot be read or decoded is skipped here: the infer stage gives it an error row with the reason.
+Every file goes through ``helios.reader.SafeReader`` (regular files only, nothing outside the input root, the size
+cap) and the adapter's decoder (the decompression-bomb guard, ``model.max_image_pixels``). A file that is refused or
+cannot be decoded is skipped here: the infer stage gives it an error row with the reason.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from helios.models.base import Decoded, InputError, ModelAdapter
+from helios.reader import DEFAULT_MAX_BYTES, RefusedFile, SafeReader, common_root
 
 
-def decode_files(adapter: ModelAdapter, paths: Iterable[Path | str], limit: int | None = None
+def decode_files(adapter: ModelAdapter, paths: Iterable[Path | str], limit: int | None = None,
+                 root: Path | str | None = None, max_bytes: int = DEFAULT_MAX_BYTES
                  ) -> Iterator[tuple[int, Decoded]]:
-    """(position in ``paths``, decoded item) for each usable file, until ``limit`` items have been decoded."""
+    """(position in ``paths``, decoded item) for each usable file, until ``limit`` items have been decoded.
+
+    ``root`` is the input root no file may leave (a symlink pointing out of it is skipped); without one, the
+    narrowest directory that holds all ``paths`` (callers that know the input root should pass it).
+    """
+    paths = list(paths)
+    reader = SafeReader(root if root is not None else common_root(paths), max_bytes)
     found = 0
     for position, path in enumerate(paths):
         if limit is not None and found >= limit:
             return
         try:
-            item = adapter.preprocess(Path(path).read_bytes())
-        except (InputError, OSError):
+            item = adapter.preprocess(reader.read(os.fspath(path)))
+        except (InputError, OSError, RefusedFile):
             continue
         found += 1
         yield position, item

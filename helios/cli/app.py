@@ -28,8 +28,10 @@ def fail(message: str, code: int = 2) -> None:
 def run(
     config: Optional[Path] = typer.Option(None, "--config", help="YAML, TOML or JSON config file."),
     set_: list[str] = typer.Option([], "--set", help="Override a setting: dotted.key=value (repeatable)."),
-    input: Optional[str] = typer.Option(None, "--input", help="Input directory (default: generated demo corpus)."),
-    model: Optional[str] = typer.Option(None, "--model", help="mnist-cnn, minilm, a .onnx file, a HF dir, module:factory."),
+    input: Optional[str] = typer.Option(None, "--input", help="Input directory, fsspec URL, or table (.parquet, .csv, "
+                                        ".jsonl with --set infer.column=NAME) (default: generated demo corpus)."),
+    model: Optional[str] = typer.Option(None, "--model", help="mnist-cnn, minilm, a .onnx file, a HF dir, module:factory, "
+                                        "models:/NAME@ALIAS or models:/NAME/VERSION."),
     out_dir: Optional[str] = typer.Option(None, "--out", help="Run directory (rerun with the same one to resume)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="CSV with path,label to report accuracy per stage."),
     full: bool = typer.Option(False, "--full", help="Reprocess every file instead of reusing earlier results."),
@@ -140,17 +142,20 @@ def compare(experiment: str = typer.Option("helios", "--experiment"), last: int 
 @app.command()
 def serve(model: str = typer.Option("mnist-cnn", "--model", help="models:/NAME@ALIAS, or a registered name (its champion)."),
           port: int = typer.Option(5000, "--port"), host: str = typer.Option("127.0.0.1", "--host"),
-          workers: int = typer.Option(1, "--workers", help="uvicorn worker processes (each loads the model)."),
+          workers: Optional[int] = typer.Option(None, "--workers", min=1,
+                                                help="uvicorn worker processes, each loading the model (default: "
+                                                     "the usable cores, at most 4)."),
           tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri",
                                                      help="Default: the embedded store of helios-work/.")) -> None:
     """Serve a registered model over HTTP with `mlflow models serve` (the champion; files and texts in, labels out)."""
     import os
 
     from flows.tracking import default_tracking_uri
-    from helios.cli.serve import serve_command
+    from helios.cli.serve import default_workers, serve_command
 
     try:
-        command, env = serve_command(model, port, host, workers, tracking_uri or default_tracking_uri(Path("helios-work")))
+        command, env = serve_command(model, port, host, workers or default_workers(),
+                                     tracking_uri or default_tracking_uri(Path("helios-work")))
     except UsageError as exc:
         fail(str(exc))
     err.print(f"exec: MLFLOW_TRACKING_URI={env['MLFLOW_TRACKING_URI']} {' '.join(command)}", highlight=False)

@@ -15,13 +15,24 @@ from helios.redact import redact_uri
 
 def preflight(cfg: PipelineConfig) -> None:
     """Checks that take milliseconds and catch most mistakes before Prefect and the models start."""
-    if cfg.input is not None and "://" not in cfg.input and not Path(cfg.input).is_dir():
-        raise UsageError(f"input directory {cfg.input} does not exist: pass an existing directory to --input")
+    if cfg.input is not None:
+        from flows.inputs import check_input
+
+        check_input(cfg.input, cfg.infer.column)  # a directory, or a table (.parquet, .csv, .jsonl) with its column
     if cfg.labels is not None and not Path(cfg.labels).is_file():
         raise UsageError(f"labels file {cfg.labels} does not exist: pass a CSV with columns path,label to --labels")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: pass a directory for the run's results")
+    from flows.reuse import check_store, is_model_uri, parse_model_uri
+
+    if is_model_uri(cfg.model.name):  # a registered version: its store is read in the flow, once tracking is known
+        parse_model_uri(cfg.model.name)
+        from flows.tracking import default_tracking_uri
+        from helios.catalog import RunCatalog
+
+        check_store(cfg.tracking.mlflow_uri or default_tracking_uri(RunCatalog.at(cfg.out).work_dir), cfg.model.name)
+        return
     from helios.models import load_model
 
     load_model(cfg.model)
@@ -54,6 +65,9 @@ def run_pipeline(cfg: PipelineConfig, console: Console, fail: Callable[[str, int
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     quiet_shutdown_noise()
     from flows.pipeline import helios_pipeline
+    from tasks.infer.scan import allow_malloc_tuning
+
+    allow_malloc_tuning()  # this process is Helios's own: malloc may be tuned for the merge (tasks/infer/scan.py)
 
     try:
         result = helios_pipeline(cfg)
@@ -70,6 +84,10 @@ def print_result(result: dict, console: Console) -> None:
     counts = result.get("counts", {})
     console.print(f"\n[bold green]Helios run complete[/]: {counts.get('files', 0)} files "
                   f"({counts.get('ok', 0)} ok, {counts.get('error', 0)} errors)")
+    if result.get("reused"):
+        reused = result["reused"]
+        console.print(f"  model:       reused {reused['registered_model']} version {reused['version']} "
+                      f"({reused['via']}; variant {reused['variant']}); prepare and optimize skipped")
     for stage, value in (result.get("accuracy") or {}).items():
         console.print(f"  accuracy after {stage}: {value:.2%}")
     console.print(f"  results:     {run_dir}/predictions.parquet, {run_dir}/report.json")

@@ -8,7 +8,7 @@ from helios.errors import UsageError
 from helios.models.base import Decoded, InputError, ModelAdapter, Scored
 from helios.models.config import ModelConfig
 
-BUILT_IN = ("mnist-cnn", "minilm")
+BUILT_IN = ("mnist-cnn", "mnist-vit", "minilm")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 __all__ = ["BUILT_IN", "Decoded", "InputError", "ModelAdapter", "ModelConfig", "Scored", "is_factory", "load_model"]
@@ -22,6 +22,10 @@ def is_factory(name: str) -> bool:
 def load_model(cfg: ModelConfig) -> ModelAdapter:
     """Resolve ``cfg.name`` to an adapter, or raise a UsageError naming the forms."""
     name, allow_pickle, max_pixels = cfg.name, cfg.allow_pickle, cfg.max_image_pixels
+    if name == "mnist-vit":
+        from helios.models.mnist_vit import load_mnist_vit
+
+        return load_mnist_vit(max_pixels)
     if name == "mnist-cnn":
         from helios.models.mnist_cnn import load_mnist_cnn
 
@@ -38,12 +42,9 @@ def load_model(cfg: ModelConfig) -> ModelAdapter:
 
         return load_onnx_classifier(path, cfg.labels, cfg.image_size, cfg.channels, max_pixels, cfg.mean, cfg.std)
     if path.is_dir() and (path / "config.json").is_file():
-        from helios.models.minilm import load_sentence_model
+        from helios.models.hf import load_hf_model
 
-        try:
-            return load_sentence_model(path, cfg.label_descriptions)
-        except InputError as exc:
-            raise UsageError(str(exc)) from exc
+        return load_hf_model(path, cfg)  # dispatched on config.json's architectures
     if is_factory(name):
         from helios.models.user import load_torch_classifier
 

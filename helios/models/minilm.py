@@ -35,6 +35,17 @@ def max_seq_length(model_dir: Path, default: int = 256) -> int:
     return int(json.loads(cfg.read_text()).get("max_seq_length", default)) if cfg.is_file() else default
 
 
+def load_tokenizer(model_dir: Path, max_length: int, pad: str):
+    """The directory's fast tokenizer (``tokenizer.json``), truncating at ``max_length`` and padding with ``pad`` to
+    the batch's longest text."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    tok.enable_truncation(max_length)
+    tok.enable_padding(pad_id=tok.token_to_id(pad) or 0, pad_token=pad)
+    return tok
+
+
 def decode_text(data: bytes) -> Decoded:
     """UTF-8 text; invalid bytes are replaced and NUL bytes removed, each flagged so the row says so."""
     if not data:
@@ -75,15 +86,12 @@ def build_classifier(model_dir: Path, descriptions: dict[str, str]):
             emb = self.embed(input_ids, attention_mask)
             return emb @ self.label_embeddings.T / TEMPERATURE, emb
 
-    from transformers.utils import logging as hf_logging
+    from helios.models.quiet import quiet_transformers
 
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load cluttered every run's console
-    try:
+    # a "Loading weights" bar and a load report per load cluttered every run's console; an encoder used for its
+    # hidden states does not need the pooler or a head, so their absence or presence is not worth a word
+    with quiet_transformers():
         encoder = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
     tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     module = SentenceZeroShot(encoder, torch.zeros(len(descriptions), encoder.config.hidden_size))
     batch = tok(list(descriptions.values()), padding=True, truncation=True, return_tensors="pt")
@@ -104,12 +112,7 @@ class SentenceModel(ModelAdapter):
 
     def tokenizer(self):
         if self._tokenizer is None:
-            from tokenizers import Tokenizer
-
-            tok = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
-            tok.enable_truncation(self.max_length)
-            tok.enable_padding(pad_id=tok.token_to_id("[PAD]") or 0)
-            self._tokenizer = tok
+            self._tokenizer = load_tokenizer(self.model_dir, self.max_length, "[PAD]")
         return self._tokenizer
 
     def example_inputs(self, batch: int = 2) -> dict[str, np.ndarray]:

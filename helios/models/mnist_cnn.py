@@ -1,13 +1,13 @@
 """Built-in ``mnist-cnn``: a small BatchNorm CNN digit classifier (weights trained by ``python -m helios.models.train_mnist``)."""
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from helios.models.base import Decoded, InputError, ModelAdapter
+from helios.models.base import Decoded, ModelAdapter
+from helios.models.images import decode_image
 
 WEIGHTS = Path(__file__).parent / "weights" / "mnist_cnn.pt"
 MEAN, STD = 0.1307, 0.3081
@@ -29,31 +29,6 @@ def build_network():
 def normalize(images_uint8: np.ndarray) -> np.ndarray:
     """uint8 (N, 28, 28) -> float32 (N, 1, 28, 28), the normalization the network was trained with."""
     return ((images_uint8.astype(np.float32) / 255.0 - MEAN) / STD)[:, None, :, :]
-
-
-def decode_image(data: bytes, size: tuple[int, int], channels: int, max_pixels: int) -> np.ndarray:
-    """Decode image bytes to uint8 (C, H, W) at ``size``; raise InputError with a readable reason."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise InputError("empty file: zero bytes")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > max_pixels:
-                raise InputError(f"decompression bomb: {img.width}x{img.height} pixels exceeds model.max_image_pixels={max_pixels}")
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (size[1], size[0]):
-                img = img.resize((size[1], size[0]))
-            arr = np.asarray(img, dtype=np.uint8)
-    except InputError:
-        raise
-    except UnidentifiedImageError as exc:
-        raise InputError("not an image: the content is not a format Pillow can read") from exc
-    except Image.DecompressionBombError as exc:
-        raise InputError(f"decompression bomb: {exc}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"corrupt image: {exc}") from exc
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
 @dataclass

@@ -35,18 +35,30 @@ def augment(batch, generator):
 def train(epochs: int = 12, seed: int = 0) -> dict:
     import torch
 
+    def optimizer(params, steps):
+        opt = torch.optim.Adam(params, lr=2e-3)
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+
+    return train_digits(build_network, optimizer, WEIGHTS, epochs, seed)
+
+
+def train_digits(build, optimizer, weights, epochs: int, seed: int, label_smoothing: float = 0.0) -> dict:
+    """Train ``build()`` on the 4,000 digits (augmented, batches of 64), report held-back accuracy, and write the
+    state_dict to ``weights`` with a JSON recipe beside it. ``optimizer(params, total_steps)`` -> (opt, scheduler)."""
+    import torch
+
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     x_train, y_train, x_test, y_test = load_split()
     xt, yt = torch.from_numpy(normalize(x_train)), torch.from_numpy(y_train)
-    net = build_network()
-    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * ((len(xt) + 63) // 64))
+    net = build()
+    opt, sched = optimizer(net.parameters(), epochs * ((len(xt) + 63) // 64))
     start = time.perf_counter()
     for _ in range(epochs):
         net.train()
         for idx in torch.randperm(len(xt), generator=generator).split(64):
-            loss = torch.nn.functional.cross_entropy(net(augment(xt[idx], generator)), yt[idx])
+            loss = torch.nn.functional.cross_entropy(net(augment(xt[idx], generator)), yt[idx],
+                                                     label_smoothing=label_smoothing)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -55,11 +67,11 @@ def train(epochs: int = 12, seed: int = 0) -> dict:
     with torch.no_grad():
         pred = net(torch.from_numpy(normalize(x_test))).argmax(1).numpy()
     accuracy = float((pred == y_test).mean())
-    WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), WEIGHTS)
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), weights)
     recipe = {"epochs": epochs, "seed": seed, "train_digits": len(xt), "held_back_digits": len(x_test),
               "held_back_accuracy": accuracy, "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__}
-    WEIGHTS.with_suffix(".json").write_text(json.dumps(recipe, indent=2) + "\n")
+    weights.with_suffix(".json").write_text(json.dumps(recipe, indent=2) + "\n")
     return recipe
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from helios.errors import UsageError
 from helios.models.base import Decoded, ModelAdapter
-from helios.models.mnist_cnn import decode_image
+from helios.models.images import decode_image
 
 
 def import_factory(spec: str):

@@ -27,3 +27,11 @@ class InferConfig(StageConfig):
     workers: int | None = Field(None, ge=1, description="Shards in flight at once (local threads, Ray/Dask workers).")
     progress: bool = Field(False, description="Show a rich progress bar (the CLI turns this on).")
     pool: Literal["local", "gpu"] = Field("local", description="gpu: dispatch to the helios-infer-gpu deployment.")
+    column: str | None = Field(None, description="Tables in the input (Parquet, CSV, JSONL): the column each row's "
+                                                 "item is in (text, image bytes, or image paths relative to the table).")
+    id_column: str | None = Field(None, description="Tables: a column of unique row ids (the rows' path); None: "
+                                                    "file#row.")
+    outputs: tuple[Literal["label", "probs", "topk", "embeddings"], ...] = Field(
+        ("label",), min_length=1, description="Columns to write: label (always), probs (every class), topk "
+                                              "(infer.top_k labels and probabilities), embeddings (pooled vector).")
+    top_k: int = Field(5, ge=1, le=1000, description="Labels per row in the topk columns.")

@@ -52,14 +52,20 @@ class Engine:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _slots: dict = field(default_factory=dict, repr=False)
 
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        return self.session.session.run([self.logits_name], feeds)[0]
+    def run(self, feeds: dict[str, np.ndarray], extra: tuple[str, ...] = ()):
+        """Logits for one batch; with ``extra`` output names, (logits, *those outputs)."""
+        if not extra:
+            return self.session.session.run([self.logits_name], feeds)[0]
+        return tuple(self.session.session.run([self.logits_name, *extra], feeds))
 
-    def predict(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Logits for one batch; on an allocation failure, halve and retry both halves (recursively)."""
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.session.session.get_outputs())
+
+    def predict(self, feeds: dict[str, np.ndarray], extra: tuple[str, ...] = ()):
+        """Logits (and ``extra`` outputs) for one batch; on an allocation failure, halve and retry both halves."""
         n = len(next(iter(feeds.values())))
         try:
-            return self.run(feeds)
+            return self.run(feeds, extra) if extra else self.run(feeds)
         except Exception as exc:  # ORT raises its own non-RuntimeError classes; only allocation failures are retried
             if n <= 1 or not is_allocation_failure(exc):
                 raise
@@ -69,7 +75,10 @@ class Engine:
                 self.max_batch = half
                 self.halvings += 1
                 log.warning("batch of %d failed to allocate; halving to %d and retrying", n, half)
-        return np.concatenate([self.predict(_slice(feeds, 0, half)), self.predict(_slice(feeds, half, n))])
+        first, second = self.predict(_slice(feeds, 0, half), extra), self.predict(_slice(feeds, half, n), extra)
+        if not extra:
+            return np.concatenate([first, second])
+        return tuple(np.concatenate([a, b]) for a, b in zip(first, second))
 
     def slots(self, n: int) -> threading.Semaphore:
         """The process-wide limit of ``n`` runs in flight on this engine (shared by every shard's runners)."""

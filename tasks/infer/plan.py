@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from helios.catalog import RunCatalog
 from helios.files import atomic_path
 from tasks.infer.index import RunIndex
+from tasks.infer.outputs import VectorSource, locate, read_located
 from tasks.infer.result import Summary
 from tasks.infer.scan import ROW_GROUP
 from tasks.infer.shard import RESULT_SCHEMA, ShardSpec
@@ -39,6 +40,18 @@ def load_reusable(index: RunIndex, identity: str, run_dir: Path) -> pa.Table:
         return RESULT_SCHEMA.empty_table()
     table = pa.concat_tables(tables)
     return latest_per_hash(table.filter(table["reusable"]))
+
+
+def load_reusable_located(index: RunIndex, identity: str, run_dir: Path) -> tuple[pa.Table, list[str]]:
+    """As ``load_reusable``, without the vectors: each row says where it lies (``_file`` in the returned list of
+    shard files, ``_row``), for the merge to read its vectors then."""
+    shards = RunCatalog(Path(run_dir)).shards
+    files = [str(shards / name) for name in index.committed(identity) if (shards / name).is_file()]
+    tables = read_located(files, RESULT_SCHEMA.names)
+    if not tables:
+        return locate(RESULT_SCHEMA.empty_table(), -1), files
+    table = pa.concat_tables(tables)
+    return latest_per_hash(table.filter(table["reusable"])), files
 
 
 def latest_per_hash(table: pa.Table) -> pa.Table:
@@ -81,7 +94,8 @@ def write_shards(todo: pa.Table, root: str, identity: str, shard_size: int, run_
             writer.write_table(part, row_group_size=shard_size)
             sid = shard_id(identity, part["content_hash"].to_pylist())
             specs.append(ShardSpec(sid, root, str(path), group, part.num_rows,
-                                   str(RunCatalog(Path(run_dir)).shards / f"{sid}.parquet")))
+                                   str(RunCatalog(Path(run_dir)).shards / f"{sid}.parquet"),
+                                   str(RunCatalog(Path(run_dir)).rows)))
     return specs
 
 
@@ -92,31 +106,37 @@ def plan_shards(manifest: pa.Table, root: str, done: pa.Array | set[str], identi
 
 
 def merge_predictions(manifest_path: Path | str, results: pa.Table, out_path: Path,
-                      chunk_rows: int = ROW_GROUP) -> Summary:
+                      chunk_rows: int = ROW_GROUP, vectors: VectorSource | None = None) -> Summary:
     """One row per manifest file (scan errors, then each hash's result), written atomically to ``out_path``.
 
     ``results`` must hold one row per content hash. The manifest is streamed in chunks, so the memory of the
-    merge grows with the results (a few columns per unique file), not with a full copy of the joined table.
+    merge grows with the results (a few columns per unique file), not with a full copy of the joined table. With
+    ``vectors``, ``results`` says where each hash's row lies (``_file``, ``_row``) and each chunk reads its vectors
+    from those shard files (chunks of at most 4,096 rows: a chunk's vectors are all it holds of them).
     """
     if "reusable" in results.column_names:
         results = results.drop_columns(["reusable"])
     results = results.combine_chunks()  # no copy when it is already contiguous
     summary = Summary()
-    with atomic_path(Path(out_path)) as tmp, pq.ParquetWriter(tmp, PREDICTIONS_SCHEMA) as writer:
+    schema = PREDICTIONS_SCHEMA
+    if vectors is not None:
+        chunk_rows = min(chunk_rows, 4096)
+        schema = pa.schema([*PREDICTIONS_SCHEMA, *vectors.schema])
+    with atomic_path(Path(out_path)) as tmp, pq.ParquetWriter(tmp, schema) as writer:
         source = pq.ParquetFile(manifest_path)
         # row group by row group: iter_batches kept ~2 MB per batch alive until it finished (the RSS of a
         # 200,000-file merge grew by ~8 MB per 50,000-row chunk), read_row_group frees each one
         for group in range(source.num_row_groups):
             part = source.read_row_group(group, columns=["path", "size_bytes", "content_hash", "scan_error"])
             for start in range(0, part.num_rows, chunk_rows):
-                table = _join_chunk(part.slice(start, chunk_rows), results)
+                table = _join_chunk(part.slice(start, chunk_rows), results, vectors)
                 summary.add(table)
                 writer.write_table(table)
             del part
     return summary
 
 
-def _join_chunk(chunk: pa.Table, results: pa.Table) -> pa.Table:
+def _join_chunk(chunk: pa.Table, results: pa.Table, vectors: VectorSource | None = None) -> pa.Table:
     """Look up each file's result by hash (``index_in`` + ``take``: order kept, no hash-join buffers)."""
     picked = results.take(pc.index_in(chunk["content_hash"], value_set=results["content_hash"]))
     missing = pc.is_null(picked["status"])
@@ -124,9 +144,14 @@ def _join_chunk(chunk: pa.Table, results: pa.Table) -> pa.Table:
     error = pc.if_else(missing, pc.coalesce(chunk["scan_error"], pa.scalar("no result: the file was not processed")),
                        picked["error"])
     ok = pc.equal(status, "ok")
-    return pa.table({
+    table = pa.table({
         "path": chunk["path"], "size_bytes": chunk["size_bytes"], "content_hash": chunk["content_hash"],
         "status": status, "error": error, "flag": picked["flag"], "label": picked["label"],
         "confidence": picked["confidence"], "infer_label": picked["label"], "infer_confidence": picked["confidence"],
         "final_stage": pc.if_else(ok, pa.scalar("infer"), pa.scalar(None, pa.string())),
     }, schema=PREDICTIONS_SCHEMA)
+    if vectors is None:
+        return table
+    for name, column in vectors.take(picked["_file"], picked["_row"]).items():
+        table = table.append_column(vectors.schema.field(name), column)
+    return table

@@ -22,6 +22,7 @@ class InferResult(BaseModel):
     worker_processes: int = 0  # distinct processes that ran shards this run
     model_loads: int = 0  # ONNX sessions built this run: one per worker process, not one per shard
     worker_deaths: list[str] = []  # local shard worker processes that died: "worker died: SIGKILL (signal 9) (...)"
+    outputs: dict = {}  # infer.outputs: {"outputs": [...], "columns": {list column: width}, "top_k": k}
 
 
 @dataclass

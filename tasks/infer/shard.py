@@ -24,14 +24,17 @@ import pyarrow.parquet as pq
 from helios.models import InputError
 from tasks.infer.engine import LOADS, TEXT_BUCKET_BATCHES, Engine, get_engine
 from tasks.infer.model_ref import ModelRef
+from tasks.infer.outputs import add_vectors
 from tasks.infer.scan import write_parquet_atomic
 from tasks.infer.source import new_hasher, read_file
+from tasks.infer.table import RowReader, is_row_ref
 
 RESULT_SCHEMA = pa.schema([
     ("content_hash", pa.string()), ("status", pa.string()), ("error", pa.string()), ("flag", pa.string()),
     ("label", pa.string()), ("confidence", pa.float32()), ("reusable", pa.bool_()),
 ])
 _DONE = object()
+_ALLOC = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class ShardSpec:
     group: int
     files: int
     out_path: str
+    rows_dir: str = ""  # table input: where the scan copied each table's items (rows are read by reference)
 
     def load(self) -> tuple[list[bytes], list[str]]:
         """The shard's raw relative paths and content hashes."""
@@ -57,6 +61,8 @@ class ShardSettings:
     prefetch_batches: int = 8
     max_file_bytes: int = 64 * 1024 * 1024
     runners: int = 1  # inference threads per shard, and runs in flight per process
+    outputs: tuple[str, ...] = ("label",)  # infer.outputs: label, probs, topk, embeddings
+    top_k: int = 5
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,8 @@ class _Rows:
     reusable: list = field(init=False)
     label_idx: np.ndarray = field(init=False)
     confidence: np.ndarray = field(init=False)
+    probs: np.ndarray | None = None  # n x classes, filled when probs or topk are asked for
+    embedding: np.ndarray | None = None  # n x dim, filled when embeddings are asked for
 
     def __post_init__(self):
         self.error, self.flag, self.reusable = [None] * self.n, [None] * self.n, [True] * self.n
@@ -96,6 +104,13 @@ class _Rows:
 
     def fail(self, i: int, reason: str, reusable: bool) -> None:
         self.error[i], self.reusable[i] = reason, reusable
+
+    def keep(self, name: str, idxs: list[int], values: np.ndarray) -> None:
+        """Store a batch's vectors (``probs`` or ``embedding``) at their rows; the array is made on first use."""
+        with _ALLOC:  # several runner threads may bring the shard's first batches at once
+            if getattr(self, name) is None:
+                setattr(self, name, np.zeros((self.n, values.shape[1]), dtype=np.float32))
+        getattr(self, name)[idxs] = values
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
@@ -108,11 +123,18 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
     return False
 
 
+def _read(root: str, fs_path: bytes, max_bytes: int, table: RowReader | None) -> bytes:
+    """A file's bytes, or a table row's item (the row's stored value, or the image file it names)."""
+    if table is None or not is_row_ref(fs_path):
+        return read_file(root, fs_path, max_bytes)
+    return table.read(fs_path, lambda rel: read_file(root, rel.encode("utf-8", "surrogateescape"), max_bytes))
+
+
 def _load(root: str, fs_path: bytes, content_hash: str, i: int, engine: Engine, settings: ShardSettings,
-          rows: _Rows):
+          rows: _Rows, table: RowReader | None = None):
     """Read, verify and decode file ``i``; on failure record its error row and return None."""
     try:
-        data = read_file(root, fs_path, settings.max_file_bytes)
+        data = _read(root, fs_path, settings.max_file_bytes, table)
     except OSError as exc:
         return rows.fail(i, f"unreadable: {(exc.strerror or type(exc).__name__).lower()}", reusable=False)
     except ValueError as exc:  # not a regular file any more, or over max_file_bytes
@@ -141,10 +163,11 @@ def _produce(spec, fs_paths, hashes, engine, settings, rows, q, stop) -> None:
         size = engine.batch_size(settings.batch_size)
         window = size * (TEXT_BUCKET_BATCHES if engine.adapter.modality == "text" else 1)
         idxs, items = [], []
+        table = RowReader(spec.rows_dir, fs_paths) if spec.rows_dir and any(map(is_row_ref, fs_paths)) else None
         for i, (fs_path, content_hash) in enumerate(zip(fs_paths, hashes)):
             if stop.is_set():
                 return
-            decoded = _load(spec.root, fs_path, content_hash, i, engine, settings, rows)
+            decoded = _load(spec.root, fs_path, content_hash, i, engine, settings, rows, table)
             if decoded is not None:
                 idxs.append(i)
                 items.append(decoded)
@@ -159,7 +182,7 @@ def _produce(spec, fs_paths, hashes, engine, settings, rows, q, stop) -> None:
 
 
 def _consume(q: queue.Queue, engine: Engine, rows: _Rows, stats: list, slots: threading.Semaphore,
-             stop: threading.Event, failures: list) -> None:
+             stop: threading.Event, failures: list, outputs: tuple[str, ...] = ("label",)) -> None:
     """Inference thread: run batches off the queue until the producer's end mark (passed on to the others)."""
     try:
         while not stop.is_set():
@@ -176,11 +199,16 @@ def _consume(q: queue.Queue, engine: Engine, rows: _Rows, stats: list, slots: th
             depth = q.qsize()
             with slots:
                 t = time.perf_counter()
-                logits = engine.predict(feeds)
+                logits = engine.predict(feeds, ("embeddings",) if "embeddings" in outputs else ())
                 seconds = time.perf_counter() - t
+            if "embeddings" in outputs:
+                logits, vectors = logits
+                rows.keep("embedding", idxs, vectors)
             scored = engine.adapter.postprocess(logits)
             rows.label_idx[idxs] = scored.label_idx
             rows.confidence[idxs] = scored.confidence
+            if "probs" in outputs or "topk" in outputs:
+                rows.keep("probs", idxs, scored.probs)
             stats.append((len(idxs), seconds, depth))
     except BaseException as exc:  # re-raised in the task by infer_shard
         failures.append(exc)
@@ -202,13 +230,14 @@ def infer_shard(spec: ShardSpec, ref: ModelRef, settings: ShardSettings) -> Shar
     stats: list[tuple[int, float, int]] = []
     failures: list[BaseException] = []
     slots = engine.slots(settings.runners)
-    runners = [threading.Thread(target=_consume, args=(q, engine, rows, stats, slots, stop, failures), daemon=True,
-                                name=f"infer-{spec.shard_id}-{k}") for k in range(max(1, settings.runners) - 1)]
+    runners = [threading.Thread(target=_consume, args=(q, engine, rows, stats, slots, stop, failures,
+                                                       settings.outputs),
+                                daemon=True, name=f"infer-{spec.shard_id}-{k}") for k in range(max(1, settings.runners) - 1)]
     producer.start()
     for runner in runners:
         runner.start()
     try:
-        _consume(q, engine, rows, stats, slots, stop, failures)  # this thread is one of the runners
+        _consume(q, engine, rows, stats, slots, stop, failures, settings.outputs)  # this thread is one of the runners
     finally:  # the other runners finish the batch they hold: stop is checked before taking the next one
         stop.set()
         producer.join()
@@ -216,7 +245,8 @@ def infer_shard(spec: ShardSpec, ref: ModelRef, settings: ShardSettings) -> Shar
             runner.join()
     if failures:
         raise failures[0]
-    table = result_table(hashes, rows, engine.adapter.labels)
+    table = add_vectors(result_table(hashes, rows, engine.adapter.labels), rows.probs, rows.embedding,
+                        engine.adapter.labels, settings.outputs, settings.top_k)
     write_parquet_atomic(table, Path(spec.out_path))
     n_err = sum(e is not None for e in rows.error)
     sizes, seconds, depths = (tuple(col) for col in zip(*stats)) if stats else ((), (), ())

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from helios.reader import SafeReader, read_fd
+
 CHUNK = 1 << 20
 _SPECIAL = ((stat.S_ISFIFO, "FIFO (named pipe)"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
             (stat.S_ISBLK, "block device"))
@@ -58,33 +60,19 @@ def _os_reason(exc: OSError) -> str:
     return (exc.strerror or type(exc).__name__).lower()
 
 
-def read_fd(fd: int, size: int) -> bytes:
-    """The whole file behind ``fd``; asking for one byte more than ``size`` sees EOF in a single read."""
-    data = os.read(fd, size + 1)
-    if len(data) <= size:
-        return data
-    chunks = [data]
-    while chunk := os.read(fd, CHUNK):
-        chunks.append(chunk)
-    return b"".join(chunks)
+def read_local(full: str | bytes, max_bytes: int | None = None, root: str | None = None) -> bytes:
+    """Read a regular file through the safe reader (no FIFO, no symlink out of ``root``, optional size cap).
 
-
-def read_local(full: str | bytes, max_bytes: int | None = None) -> bytes:
-    """Read a regular file without blocking on FIFOs (O_NONBLOCK + fstat), optionally refusing big files.
-
-    Raises OSError (unreadable), or ValueError with a readable reason (not a regular file, too large).
+    Raises OSError (unreadable), or ValueError with a readable reason (not a regular file, outside the root, too
+    large).
     """
-    fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        st = os.fstat(fd)
-        kind = _special_kind(st.st_mode)
-        if kind or not stat.S_ISREG(st.st_mode):
-            raise ValueError(f"not a regular file ({kind or 'unknown type'}): not opened")
-        if max_bytes is not None and st.st_size > max_bytes:
-            raise ValueError(f"file too large: {st.st_size} bytes exceeds infer.max_file_bytes={max_bytes}")
-        return read_fd(fd, st.st_size)
-    finally:
-        os.close(fd)
+    return _reader(root, max_bytes).read(full)
+
+
+@functools.lru_cache(maxsize=8)
+def _reader(root: str | None, max_bytes: int | None) -> SafeReader:
+    # One reader per root for the life of the process: it caches the real path of each directory it has seen.
+    return SafeReader(root, max_bytes)
 
 
 def hash_local(root: str, rel: str) -> Entry:
@@ -245,7 +233,7 @@ def read_file(root: str, fs_path: bytes, max_bytes: int) -> bytes:
     """Read one manifest file again for inference (local or fsspec)."""
     if not is_remote(root):
         local_root = root[len("file://"):] if root.startswith("file://") else root
-        return read_local(os.path.join(os.fsencode(local_root), fs_path), max_bytes)
+        return read_local(os.path.join(os.fsencode(local_root), fs_path), max_bytes, local_root)
     fs, base = _remote_fs(root)
     path = base.rstrip("/") + "/" + fs_path.decode()
     size = fs.size(path)

@@ -8,14 +8,16 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.infer.model_ref import ModelRef
 from tasks.infer.scan import ScanResult, scan_input
+from tasks.infer.table import TableSpec
 from tasks.infer.shard import ShardOutcome, ShardSettings, ShardSpec, infer_shard
 from tasks.infer.workers import ShardWorkers
 
 
 @task(name="scan-input", cache_policy=NO_CACHE)
-def scan_stage(root: str, run_dir: str) -> ScanResult:
-    """Walk and hash the input into ``run_dir/manifest.parquet`` (deterministic: no retries)."""
-    return scan_input(root, Path(run_dir))
+def scan_stage(root: str, run_dir: str, table: TableSpec | None = None) -> ScanResult:
+    """Walk and hash the input into ``run_dir/manifest.parquet`` (deterministic: no retries); tables' rows are
+    items when ``table.column`` is set."""
+    return scan_input(root, Path(run_dir), table)
 
 
 @task(retries=2, retry_delay_seconds=1, name="infer-shard", cache_policy=NO_CACHE)

@@ -20,14 +20,22 @@ class OptimizeConfig(StageConfig):
     min_agreement: float = Field(0.995, ge=0, le=1, description="Classifier quality budget: top-1 agreement with fp32.")
     min_cosine: float = Field(0.99, ge=-1, le=1, description="Embedder quality budget: mean cosine to fp32.")
     on_provider_fallback: Literal["warn", "fail"] = "warn"
-    latency_runs: int = Field(50, ge=5, description="Batch-1 runs per variant for p50/p95/p99.")
-    rounds: int = Field(3, ge=1, le=10, description="Timed passes per variant, interleaved over variants; best kept.")
+    latency_runs: int = Field(20, ge=5, description="Batch-1 runs per variant for p50/p95/p99.")
+    rounds: int = Field(3, ge=1, le=10, description="Most timed passes per (variant, batch size), interleaved over "
+                                                   "them; the slower half is dropped after each round; best kept.")
+    time_budget_s: float = Field(20.0, gt=0, description="Seconds for building and measuring the variants: further "
+                                 "ranking rounds stop once it is spent, or earlier once the ranking is clear.")
     batch_sizes: tuple[int, ...] = Field((1, 8, 32), description="Batch sizes tried for throughput; the best is kept.")
     min_gain: float = Field(0.05, ge=0, description="A lossy variant (int8, fp16) must beat the best lossless one "
                                                    "by this fraction of throughput, or the lossless one is kept.")
     int8_retries: int = Field(2, ge=0, le=4, description="int8-dynamic: times to retry with the most sensitive "
                                                          "MatMuls kept in fp32 when quality misses the budget.")
     percentile: float = Field(99.999, gt=90, le=100, description="Percentile calibration: the kept percentile.")
+    # read by the flows (flows/reuse.py, flows/tracking_models.py), not by the stage's core
+    reuse_champion: bool = Field(True, description="Reuse this hardware class's registered champion when it was "
+                                 "optimized from the same model and settings (prepare and optimize are skipped).")
+    max_regression: float = Field(0.5, ge=0, le=100, description="Accuracy points a new champion may lose against "
+                                  "the current one on the labelled sample (the promotion gate).")
 
     @field_validator("batch_sizes")
     @classmethod

@@ -1,10 +1,11 @@
 """Measure a variant on the sample: latency at batch 1, throughput per batch size, peak memory, outputs.
 
-Throughput: a first pass per batch size when the variant is opened, then ``retime`` passes that the stage
-interleaves over all variants, keeping each one's best — on a shared machine a burst of load would otherwise
-decide the winner. A retimed pass repeats the sample until it has run ``MIN_TIMED_S``: 256 digits at batch 128
-are two runs and ~20 ms, too short to time (the stage once ranked int8-static 0.96x fp32 that way, where the
-benchmark measures 1.34x).
+Throughput: a first pass per batch size when the variant is opened, then further passes that the stage's ranking
+(``tasks.optimize.rank``) interleaves over the variants still in the running, keeping each one's best — on a shared
+machine a burst of load would otherwise decide the winner. Throughput passes run over a timing subset spread evenly
+over the sample (quality uses the whole sample, once, untimed); a pass repeats until it has run ``MIN_TIMED_S``:
+256 digits at batch 128 are two runs and ~20 ms, too short to time (the stage once ranked int8-static 0.96x fp32
+that way, where the benchmark measures 1.34x).
 
 Peak memory is the growth of this process's resident set (RSS) over its level just before the session is
 created, sampled every 2 ms on a helper thread while the session is built and runs; freed heap is handed back
@@ -28,13 +29,15 @@ from helios.models.base import Decoded, ModelAdapter
 
 @dataclass(frozen=True)
 class Measured:
-    latency_ms: tuple[float, float, float]  # p50, p95, p99 at batch 1
+    latency_ms: tuple[float | None, float | None, float | None]  # p50, p95, p99 at batch 1 (None: not timed)
     throughput_by_batch: dict[int, float]
     peak_mem_mb: float | None
     outputs: list[np.ndarray] = field(default_factory=list)  # all outputs over the sample, in sample order
 
     @property
-    def best_batch(self) -> int:
+    def best_batch(self) -> int | None:
+        if not self.throughput_by_batch:
+            return None
         return max(self.throughput_by_batch, key=self.throughput_by_batch.__getitem__)
 
 
@@ -97,28 +100,43 @@ def order_for_batching(adapter: ModelAdapter, items: list[Decoded]) -> list[int]
 
 @dataclass(frozen=True)
 class Workload:
-    """The sample collated once for every variant: single items for latency, batches per size for throughput."""
+    """The sample collated once for every variant: single items for latency, batches per size for throughput (over
+    the timing subset), and every item once at the largest batch size for quality."""
 
     items: list[Decoded]
     singles: list[dict[str, np.ndarray]]
     batches: dict[int, list[dict[str, np.ndarray]]]
     whole: list[dict[str, np.ndarray]]  # every item once, for quality
+    timed_items: int  # items in each throughput pass (the timing subset)
 
 
-def workload(adapter: ModelAdapter, items: list[Decoded], batch_sizes: tuple[int, ...], latency_runs: int) -> Workload:
-    """Collate ``items`` (already in batching order); latency items are spread over the whole sample."""
-    singles = [adapter.collate([items[i * len(items) // latency_runs]]) for i in range(latency_runs)]
-    batches = {b: [adapter.collate(items[i:i + b]) for i in range(0, len(items), b)] for b in batch_sizes if b > 1}
-    whole = batches[max(batches)] if batches else [adapter.collate(items[i:i + 32]) for i in range(0, len(items), 32)]
-    return Workload(items, singles, batches, whole)
+def workload(adapter: ModelAdapter, items: list[Decoded], batch_sizes: tuple[int, ...], latency_runs: int,
+             timing_items: int | None = None) -> Workload:
+    """Collate ``items`` (already in batching order); latency items and the timing subset (``timing_items``, at least
+    two of the largest batches) are spread evenly over the whole sample, so they keep its mix of sizes."""
+    big = max(batch_sizes)
+    n_timed = len(items) if timing_items is None else min(len(items), max(timing_items, 2 * big))
+    timed = [items[i * len(items) // n_timed] for i in range(n_timed)]
+    runs = min(latency_runs, len(items))
+    singles = [adapter.collate([items[i * len(items) // runs]]) for i in range(runs)]
+    batches = {b: [adapter.collate(timed[i:i + b]) for i in range(0, n_timed, b)] for b in batch_sizes if b > 1}
+    size = big if big > 1 else 32
+    whole = [adapter.collate(items[i:i + size]) for i in range(0, len(items), size)]
+    return Workload(items, singles, batches, whole, n_timed)
 
 
-def measure(open_fn: Callable[[], object], work: Workload) -> tuple[object, Measured]:
-    """Open the variant with ``open_fn``; latency at batch 1, one timed pass per batch size, peak memory, outputs."""
+def measure(open_fn: Callable[[], object], work: Workload,
+            worth_timing: Callable[[list[np.ndarray]], bool] = lambda outputs: True) -> tuple[object, Measured]:
+    """Open the variant with ``open_fn``; its outputs over the whole sample (untimed, for quality), then, when
+    ``worth_timing(outputs)`` (a variant outside the quality budget cannot be chosen), latency at batch 1 and a
+    first timed pass per batch size; peak memory throughout."""
     with PeakRss() as mem:
         runner = open_fn()
         for feed in work.singles[:3]:
             runner.run(feed)  # warm-up: first runs allocate and pick kernels
+        outputs = run_outputs(runner, work)
+        if not worth_timing(outputs):
+            return runner, Measured((None, None, None), {}, mem.peak_mb, outputs)
         times = []
         for feed in work.singles:
             t = time.perf_counter()
@@ -126,27 +144,18 @@ def measure(open_fn: Callable[[], object], work: Workload) -> tuple[object, Meas
             times.append(time.perf_counter() - t)
         lat = np.array(times) * 1000
         throughput = {1: round(len(times) / float(np.sum(times)), 2)}
-        outputs: list[np.ndarray] = []
-        for size, feeds in work.batches.items():
-            runner.run(feeds[0])
-            t = time.perf_counter()
-            results = [runner.run(f) for f in feeds]  # a first figure (retime repeats it), and the outputs
-            throughput[size] = round(len(work.items) / (time.perf_counter() - t), 2)
-            outputs = [np.concatenate(parts) for parts in zip(*results)]
-        outputs = outputs or run_outputs(runner, work)
+        for size in work.batches:
+            runner.run(work.batches[size][0])
+            throughput[size] = time_pass(runner, work, size)
     p50, p95, p99 = (round(float(np.percentile(lat, q)), 3) for q in (50, 95, 99))
     return runner, Measured((p50, p95, p99), throughput, mem.peak_mb, outputs)
 
 
-def retime(runner, work: Workload, throughput: dict[int, float]) -> dict[int, float]:
-    """One more timed pass per batch size; keep the best figure (the stage interleaves these over variants, so a
-    burst of load from other processes does not decide which variant wins)."""
-    best = dict(throughput)
-    best[1] = max(best.get(1, 0.0), items_per_s(lambda: [runner.run(f) for f in work.singles], len(work.singles)))
-    for size, feeds in work.batches.items():
-        best[size] = max(best.get(size, 0.0), items_per_s(lambda fs=feeds: [runner.run(f) for f in fs],
-                                                          len(work.items)))
-    return best
+def time_pass(runner, work: Workload, size: int) -> float:
+    """One timed pass at batch ``size`` (batch 1: the latency items), repeated up to ``MIN_TIMED_S``; items/s."""
+    if size == 1:
+        return items_per_s(lambda: [runner.run(f) for f in work.singles], len(work.singles))
+    return items_per_s(lambda: [runner.run(f) for f in work.batches[size]], work.timed_items)
 
 
 def run_outputs(runner, work: Workload) -> list[np.ndarray]:

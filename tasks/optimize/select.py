@@ -26,14 +26,18 @@ def quality_problem(v: VariantReport, min_agreement: float, min_cosine: float) -
     """Why ``v`` misses the quality budget, or None when it is within it."""
     if v.error:
         return f"failed: {v.error}"
-    if v.throughput_per_s is None:
-        return "not measured"
     if v.task == "embedder":
         if v.cosine is None or v.cosine < min_cosine:
-            return f"quality below budget: {quality_text(v)} < optimize.min_cosine={min_cosine}"
+            return f"quality below budget: {quality_text(v)} < optimize.min_cosine={min_cosine}" + _untimed(v)
     elif v.agreement is None or v.agreement < min_agreement:
-        return f"quality below budget: {quality_text(v)} < optimize.min_agreement={min_agreement:.2%}"
+        return f"quality below budget: {quality_text(v)} < optimize.min_agreement={min_agreement:.2%}" + _untimed(v)
+    if v.throughput_per_s is None:
+        return "not measured"
     return None
+
+
+def _untimed(v: VariantReport) -> str:
+    return " (not timed: it cannot be chosen)" if v.throughput_per_s is None else ""
 
 
 def select_variant(variants: list[VariantReport], min_agreement: float, min_cosine: float,

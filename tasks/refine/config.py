@@ -42,6 +42,15 @@ class RefineConfig(StageConfig):
     tent_diversity: float = Field(0.5, ge=0, description="Weight of SHOT's diversity term (entropy of the mean "
                                   "prediction); 0 is plain TENT. 0.5 was chosen on the dev corruptions.")
     tent_max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping (L2 norm over the BN parameters).")
+    # LayerNorm models (no BatchNorm): "tent" runs SAR's steps on the LayerNorm affine parameters (tasks/refine/sar.py)
+    adapt_layernorm: bool = Field(False, description="Adapt models that have LayerNorm and no BatchNorm with SAR. "
+                                  "Off by default: built and unit-tested, not yet shown to help (README).")
+    sar_lr: float = Field(1e-3, gt=0, description="SGD (momentum 0.9) learning rate on LayerNorm weight and bias.")
+    sar_rho: float = Field(0.05, gt=0, description="SAM neighbourhood radius.")
+    sar_margin: float = Field(0.4, gt=0, le=1, description="Reliable items: entropy below this share of ln(classes).")
+    sar_reset_share: float = Field(0.03, ge=0, le=1, description="Model recovery: restore the model when the moving "
+                                   "average of the step loss falls below this share of ln(classes) (SAR: 0.2 nats "
+                                   "for 1,000 classes).")
     # Safety
     collapse_ratio: float = Field(0.9, ge=0, le=1, description="Revert a method when the entropy of its predicted-class "
                                   "histogram falls below this share of the model's before it (predictions piling "

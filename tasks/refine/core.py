@@ -50,7 +50,7 @@ def refine_arrays(ctx: RefineContext, x: np.ndarray, label: np.ndarray, confiden
 def _load(adapter: ModelAdapter, input_root: Path, paths: list[str], batch_size: int):
     """Model-ready inputs of the files that still decode, their positions in ``paths``, and how many do not."""
     kept, decoded = [], []
-    for position, item in decode_files(adapter, [input_root / rel for rel in paths]):
+    for position, item in decode_files(adapter, [input_root / rel for rel in paths], root=input_root):
         kept.append(position)
         decoded.append(item)
     name = adapter.input_names[0]

@@ -98,7 +98,10 @@ def shifted_group(module: nn.Module, x: torch.Tensor, batch_size: int, min_shift
     """
     sources = bn_adapt.snapshot_statistics(module)
     n = len(x)
-    if not sources or n < 2 * MIN_ITEMS:
+    if not sources:
+        return None, {"split": False, "why": "no BatchNorm statistics to compare items with (a LayerNorm model)",
+                      "forward_passes": 0}
+    if n < 2 * MIN_ITEMS:
         return None, {"split": False, "why": "too few items to look for a mixture", "forward_passes": 0}
     moments = item_moments(module, x, batch_size)
     facts = {"forward_passes": n}

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from helios.models.base import ModelAdapter
 from tasks.refine import tta
 from tasks.refine.config import RefineConfig
+from tasks.refine.bn_adapt import has_batchnorm
 from tasks.refine.ttt import can_adapt
 
 
@@ -34,6 +35,9 @@ def plan_methods(cfg: RefineConfig, adapter: ModelAdapter) -> Plan:
         else:
             module = adapter.torch_module()
             ttt_reason = can_adapt(module, adapter.input_names)
+            if ttt_reason is None and not cfg.adapt_layernorm and not has_batchnorm(module):
+                ttt_reason = ("TTT skipped: the model has LayerNorm and no BatchNorm; LayerNorm adaptation (SAR) is "
+                              "not yet shown to help, so it is off: refine.adapt_layernorm=true turns it on")
         if ttt_reason:
             notes.append(ttt_reason)
     return Plan(policy, module, ttt_reason, notes)

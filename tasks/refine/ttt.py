@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tasks.refine import bn_adapt, safety, tent
+from tasks.refine import bn_adapt, safety, sar, tent
 from tasks.refine.config import RefineConfig
 from tasks.refine.state import Compute
 
@@ -109,7 +109,11 @@ def run_bn_adapt(state: Adaptation, cfg: RefineConfig, min_shift: float | None =
 
 
 def run_tent(state: Adaptation, cfg: RefineConfig, epochs: int, rng: np.random.Generator) -> Compute:
-    """``epochs`` passes of TENT over the class-mixed set; NaN/Inf or collapse restores the state before the call."""
+    """``epochs`` passes of TENT over the class-mixed set; NaN/Inf or collapse restores the state before the call.
+
+    A model without BatchNorm (LayerNorm: transformers, ConvNeXt) gets SAR's steps instead (``run_sar``)."""
+    if not bn_adapt.has_batchnorm(state.module):
+        return run_sar(state, cfg, epochs, rng)
     start, compute = time.perf_counter(), Compute()
     tent.configure_model(state.module)
     params, _ = tent.collect_params(state.module)
@@ -118,20 +122,31 @@ def run_tent(state: Adaptation, cfg: RefineConfig, epochs: int, rng: np.random.G
     saved = tent.copy_state(state.module, state.optimizer)
     limit = None if cfg.tent_entropy_limit is None else cfg.tent_entropy_limit * float(np.log(state.n_classes))
     try:
-        for _ in range(epochs):
-            order = state.fit[safety.mixed_order(state.source_labels[state.fit], rng)]
-            for step_idx in safety.batches(order, cfg.tent_batch_size):
-                step_idx = torch.from_numpy(step_idx)
-                chunks = [state.x[step_idx[i:i + cfg.batch_size]] for i in range(0, len(step_idx), cfg.batch_size)]
-                for _ in range(cfg.tent_steps):
-                    tent.forward_and_adapt(state.module, chunks, state.optimizer, cfg.tent_max_grad_norm, limit,
-                                           cfg.tent_diversity)
-                    compute.forward += len(step_idx)
-                    compute.backward += len(step_idx)
+        for n, chunks in _steps(state, cfg, epochs, rng):
+            for _ in range(cfg.tent_steps):
+                tent.forward_and_adapt(state.module, chunks, state.optimizer, cfg.tent_max_grad_norm, limit,
+                                       cfg.tent_diversity)
+                compute.forward += n
+                compute.backward += n
         ok = _guard(state, cfg, "tent", compute)
     except tent.NonFinite as exc:
         state.reverted.append(f"tent: {exc}; reverted to the previous model")
         ok = False
+    return _settle(state, ok, saved, compute, start)
+
+
+def _steps(state: Adaptation, cfg: RefineConfig, epochs: int, rng: np.random.Generator) -> Iterator[tuple[int, list]]:
+    """(items, compute chunks) of each adaptation step: ``epochs`` passes over the class-mixed learning sample,
+    ``tent_batch_size`` items per step, cut into ``batch_size`` chunks for compute."""
+    for _ in range(epochs):
+        order = state.fit[safety.mixed_order(state.source_labels[state.fit], rng)]
+        for step_idx in safety.batches(order, cfg.tent_batch_size):
+            step_idx = torch.from_numpy(step_idx)
+            yield len(step_idx), [state.x[step_idx[i:i + cfg.batch_size]] for i in range(0, len(step_idx), cfg.batch_size)]
+
+
+def _settle(state: Adaptation, ok: bool, saved: tuple[dict, dict], compute: Compute, start: float) -> Compute:
+    """Keep a TENT/SAR pass that passed the guards, else restore the state before it; leave the module frozen."""
     if ok:
         if "tent" not in state.kept:
             state.kept.append("tent")
@@ -144,12 +159,42 @@ def run_tent(state: Adaptation, cfg: RefineConfig, epochs: int, rng: np.random.G
     return compute
 
 
+def run_sar(state: Adaptation, cfg: RefineConfig, epochs: int, rng: np.random.Generator) -> Compute:
+    """``epochs`` passes of SAR over the class-mixed set (LayerNorm models). Model recovery, NaN/Inf or collapse
+    restore the state before the call; each step costs two forward and two backward passes."""
+    start, compute = time.perf_counter(), Compute()
+    sar.configure_model(state.module)
+    if state.optimizer is None:
+        state.optimizer = sar.new_optimizer(state.module, cfg.sar_lr, cfg.sar_rho)
+    saved = tent.copy_state(state.module, state.optimizer)
+    ln_classes = float(np.log(state.n_classes))
+    margin, floor, ema, ok = cfg.sar_margin * ln_classes, cfg.sar_reset_share * ln_classes, None, True
+    try:
+        for n, chunks in _steps(state, cfg, epochs, rng):
+            loss = sar.forward_and_adapt(state.module, chunks, state.optimizer, margin)
+            compute.forward += 2 * n
+            compute.backward += 2 * n
+            if loss is not None:
+                ema = loss if ema is None else 0.9 * ema + 0.1 * loss
+            if ema is not None and ema < floor:
+                state.reverted.append(f"tent: SAR model recovery (moving entropy {ema:.3f} < {floor:.3f} nats); "
+                                      "reverted to the previous model")
+                ok = False
+                break
+        ok = ok and _guard(state, cfg, "tent", compute)
+    except tent.NonFinite as exc:
+        state.reverted.append(f"tent: {exc}; reverted to the previous model")
+        ok = False
+    return _settle(state, ok, saved, compute, start)
+
+
 def can_adapt(module: nn.Module | None, input_names: tuple[str, ...]) -> str | None:
     """Why TTT cannot run on this model (a note for the report), or None."""
     if module is None:
         return "TTT skipped: the model has no PyTorch weights (an ONNX file); BN-adapt and TENT need them"
-    if not bn_adapt.has_batchnorm(module):
-        return "TTT skipped: the model has no BatchNorm layers, so BN-adapt and TENT have nothing to adapt"
+    if not bn_adapt.has_batchnorm(module) and not sar.has_layernorm(module):
+        return ("TTT skipped: the model has neither BatchNorm nor LayerNorm layers, so BN-adapt, TENT and SAR have "
+                "nothing to adapt")
     if len(input_names) != 1:
         return f"TTT skipped: the model takes {len(input_names)} inputs; adaptation supports single-input image models"
     return None

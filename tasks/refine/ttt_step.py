@@ -27,6 +27,8 @@ def _adapt(run: Run, state: ttt.Adaptation | None, labels: np.ndarray, routed_sh
         # TENT normalizes with BN-adapt's statistics, so BN-adapt always runs first (reported as its own method
         # only when asked for).
         gate = None if routed_share >= cfg.ttt_min_routed_share else cfg.ttt_min_shift
+        if not ttt.bn_adapt.has_batchnorm(run.module):
+            return _adapt_layernorm(run, state, cfg, routed_share)
         computes["bn-adapt"] = ttt.run_bn_adapt(state, cfg, gate)
         bn_probs = state.probs
         if gate is not None and state.shift < gate:
@@ -39,6 +41,20 @@ def _adapt(run: Run, state: ttt.Adaptation | None, labels: np.ndarray, routed_sh
     elif "tent" in cfg.methods and "tent" in state.kept and not any(r.startswith("tent") for r in state.reverted):
         computes["tent"] = ttt.run_tent(state, cfg, 1, run.rng)
     return state, computes, bn_probs
+
+
+def _adapt_layernorm(run: Run, state: ttt.Adaptation, cfg, routed_share: float):
+    """Round 1 of a LayerNorm model: no statistics to estimate or to read a shift from, so the routed share alone
+    decides whether the set looks shifted; then SAR."""
+    if routed_share < cfg.ttt_min_routed_share:
+        state.skipped = (f"TTT skipped: the set does not look shifted ({routed_share:.1%} of items below the threshold "
+                         f"< refine.ttt_min_routed_share={cfg.ttt_min_routed_share}; a LayerNorm model has no BN "
+                         "statistics to show a confident shift)")
+        return state, {}, None
+    if "tent" not in cfg.methods:
+        state.skipped = "TTT skipped: a LayerNorm model has no BN statistics to adapt, and tent is not requested"
+        return state, {}, None
+    return state, {"tent": ttt.run_tent(state, cfg, cfg.tent_epochs, run.rng)}, None
 
 
 def _export(run: Run, state: ttt.Adaptation, unsure: np.ndarray):

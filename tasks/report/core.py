@@ -32,12 +32,21 @@ def read_outputs(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     if not predictions_path.is_file():
         raise FileNotFoundError(f"{predictions_path} does not exist: the report needs the infer stage's predictions")
     try:
-        predictions = pd.read_parquet(predictions_path)
+        predictions = pd.read_parquet(predictions_path, columns=scalar_columns(predictions_path))
         manifest_path = catalog.manifest
         manifest = pd.read_parquet(manifest_path) if manifest_path.is_file() else None
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read the outputs in {run_dir}: {exc}") from exc
     return predictions, manifest
+
+
+def scalar_columns(path: Path) -> list[str]:
+    """The predictions' columns without infer.outputs' list columns (vectors: the report gets only their summary)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return [f.name for f in pq.read_schema(path)
+            if not (pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type))]
 
 
 def assemble_report(cfg: ReportConfig, summary: dict, run_dir: Path,

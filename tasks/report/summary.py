@@ -29,6 +29,7 @@ class RunSummary:
     prefect: dict[str, Any] = field(default_factory=dict)  # flow_run_id, flow_run_url
     drift: dict[str, Any] = field(default_factory=dict)  # against the previous successful run (tasks/report/drift.py)
     costs: dict[str, Any] = field(default_factory=dict)  # compute and LLM USD (tasks/report/costs.py)
+    outputs: dict[str, Any] = field(default_factory=dict)  # infer.outputs: list columns and widths, never values
 
     @property
     def hardware_class(self) -> str | None:

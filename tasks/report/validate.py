@@ -157,7 +157,9 @@ def load_frames(run_dir: Path) -> dict[str, pd.DataFrame]:
         manifest = pd.read_parquet(catalog.manifest).reset_index(drop=True)
         refused = manifest["scan_error"].notna() if "scan_error" in manifest else pd.Series(False, index=manifest.index)
         frames["manifest"] = manifest.assign(scanned=~refused)
-    predictions = pd.read_parquet(catalog.predictions).reset_index(drop=True)
+    from tasks.report.core import scalar_columns  # infer.outputs' vectors are not validated row by row
+
+    predictions = pd.read_parquet(catalog.predictions, columns=scalar_columns(catalog.predictions)).reset_index(drop=True)
     if "manifest" in frames and "path" in predictions and "path" in frames["manifest"]:
         predictions["path_in_manifest"] = predictions["path"].isin(frames["manifest"]["path"])
     frames["predictions"] = predictions

@@ -62,6 +62,14 @@ class Budget:
                     self._turn += 1
                     self._cond.notify_all()
 
+    def pass_turn(self, turn: int) -> None:
+        """Give up turn ``turn`` without a request (the item sends none): the items after it may then go."""
+        with self._cond:
+            while turn != self._turn:
+                self._cond.wait()
+            self._turn += 1
+            self._cond.notify_all()
+
     def settle(self, estimate_usd: float, actual_usd: float) -> None:
         """Replace a reservation by what the request actually cost (0 for a request that failed unbilled)."""
         with self._cond:

@@ -34,3 +34,7 @@ class ReviewConfig(StageConfig):
         1600, ge=1, description="Input tokens one image is assumed to cost when checking the budget before a request."
     )
     backoff_s: float = Field(1.0, ge=0, description="First retry delay on 429/5xx/timeouts; doubles per retry.")
+    cooldown_after: int = Field(  # above one item's retry chain (retries + 1): one item's blip cools nothing
+        5, ge=0, description="Failed requests in a row after which a model is skipped for cooldown_s (0: never)."
+    )
+    cooldown_s: float = Field(60.0, ge=0, description="How long a model that keeps failing is skipped.")

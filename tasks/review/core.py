@@ -12,6 +12,7 @@ from typing import Any, Callable, Literal
 
 import pandas as pd
 
+from helios.reader import SafeReader, common_root
 from tasks.review.budget import Budget
 from tasks.review.cache import AnswerCache
 from tasks.review.config import ReviewConfig
@@ -110,10 +111,13 @@ def review_items(
     api_key: str | None,
     cache_dir: Path,
     on_request: RequestHook | None = None,
+    root: Path | None = None,
 ) -> ReviewOutcome:
     """Review ``items`` (least confident first) within ``cfg.budget_usd``; skipped without a key or when disabled.
 
-    ``on_request`` sees each item sent to a model, from the worker threads (the flow traces requests with it)."""
+    ``on_request`` sees each item sent to a model, from the worker threads (the flow traces requests with it).
+    Item files are read through ``helios.reader`` confined to ``root`` (default: the narrowest directory holding
+    them all): a FIFO or a path out of the root is that item's error (``unreviewed`` with the reason)."""
     if modality not in ("image", "text"):
         raise ValueError(f"modality={modality!r} cannot be reviewed: expected 'image' or 'text'")
     if not labels:
@@ -138,6 +142,7 @@ def review_items(
         cfg=cfg, labels=tuple(labels), modality=modality, chain=chain,
         lms={model: lm_layer.build_lm(model, cfg, api_key) for model in chain}, prices=prices,
         budget=Budget(cfg.budget_usd), cache=AnswerCache(Path(cache_dir) / "review"),
+        reader=SafeReader(root if root is not None else common_root(i.abs_path for i in items), max_bytes=None),
     )
     results = _review_all(reviewer, items, cfg.max_concurrency, _reporter(on_request, items, api_key))
     rows = [
@@ -149,7 +154,8 @@ def review_items(
         rejected_labels=reviewer.counts["rejected_labels"], malformed=reviewer.counts["malformed"],
         cache_hits=reviewer.counts["cache_hits"], stopped_by_budget=reviewer.budget.exhausted,
         cost_usd=round(reviewer.budget.spent_usd, 6), models=list(chain),
-        per_model={model: entry.as_dict() for model, entry in reviewer.ledger.items()},
+        per_model={model: {**entry.as_dict(), **reviewer.cooldowns.as_dict(model)}
+                   for model, entry in reviewer.ledger.items()},
     ))
 
 
@@ -239,6 +245,7 @@ def review_metrics(summary: dict[str, Any]) -> dict[str, float]:
         metrics["review.agreement_rate"] = summary["agreement_rate"]
     for model, figures in (summary.get("per_model") or {}).items():
         name = re.sub(r"[^A-Za-z0-9_\-./ :]", "_", model)
-        for key in ("requests", "input_tokens", "output_tokens", "cost_usd"):
-            metrics[f"review.{name}.{key}"] = float(figures[key])
+        for key in ("requests", "errors", "cooldowns", "input_tokens", "output_tokens", "cost_usd"):
+            if isinstance(figures.get(key), (int, float)):
+                metrics[f"review.{name}.{key}"] = float(figures[key])
     return metrics

@@ -7,12 +7,28 @@ attempt per call (``num_retries=0``, which LiteLLM also hands to the OpenAI clie
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Literal
 
-# LiteLLM fetches its cost map from GitHub at import unless told not to; runs here have no internet, and prices
-# must not change under a run. Set before LiteLLM is first imported (DSPy imports it lazily).
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+
+def _import_litellm_offline() -> None:
+    """Import LiteLLM with its bundled cost map: it fetches the map from GitHub at import unless told not to; runs
+    here have no internet, and prices must not change under a run. The variable is set for the import only, so the
+    process's environment is left as it was (LiteLLM reads it once, at import)."""
+    if "litellm" in sys.modules:
+        return
+    name, before = "LITELLM_LOCAL_MODEL_COST_MAP", os.environ.get("LITELLM_LOCAL_MODEL_COST_MAP")
+    os.environ[name] = before or "True"
+    try:
+        import litellm  # noqa: F401
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+
+
+_import_litellm_offline()  # before DSPy, which imports LiteLLM lazily
 
 import dspy  # noqa: E402
 

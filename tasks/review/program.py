@@ -6,6 +6,7 @@ the answer's label is only ever compared with the known label set, never execute
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -13,8 +14,11 @@ from typing import Any, Literal
 import dspy
 from PIL import Image as PILImage
 
+from helios.reader import RefusedFile, SafeReader
+
 VERDICTS = ("agree", "disagree", "unsure")
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # larger than any provider accepts; refuse before reading more
+MAX_IMAGE_PIXELS = 50_000_000  # model.max_image_pixels's default: the infer stage refused larger images already
 _RATIONALE_CHARS = 300
 
 _INSTRUCTIONS = """Give a second opinion on a classifier's prediction for one item.
@@ -70,24 +74,44 @@ class Answer:
     rationale: str
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
+def _read_bounded(reader: SafeReader, path: Path, limit: int) -> bytes:
+    """At most ``limit + 1`` bytes, through the safe reader: a FIFO, a path out of the input root or an unreadable
+    file becomes the item's error."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
+        return reader.read(path, limit + 1)
+    except RefusedFile as exc:
+        raise UnreadableItem(str(exc)) from exc
     except OSError as exc:
         raise UnreadableItem(f"cannot read the file ({type(exc).__name__})") from exc
-    return data
+
+
+def check_pixels(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """The decompression-bomb guard: the header's size, read before any pixel is decoded."""
+    try:
+        with PILImage.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except PILImage.DecompressionBombError as exc:
+        raise UnreadableItem(f"decompression bomb: more pixels than {max_pixels}") from exc
+    except (OSError, ValueError) as exc:
+        raise UnreadableItem("not a decodable image") from exc
+    if width * height > max_pixels:
+        raise UnreadableItem(f"decompression bomb: {width}x{height} pixels exceeds {max_pixels}")
 
 
 def prepare_item(
-    abs_path: Path, model_label: str, labels: tuple[str, ...], modality: str, excerpt_chars: int
+    abs_path: Path, model_label: str, labels: tuple[str, ...], modality: str, excerpt_chars: int,
+    reader: SafeReader | None = None,
 ) -> PreparedItem:
-    """Inputs for the signature of ``modality``: the image itself, or the first ``excerpt_chars`` characters."""
+    """Inputs for the signature of ``modality``: the image itself, or the first ``excerpt_chars`` characters.
+
+    ``reader`` (default: one confined to the file's own directory) applies the scan's safeguards to the read."""
+    reader = reader or SafeReader(Path(abs_path).parent, max_bytes=None)
     common = {"allowed_labels": list(labels), "model_label": model_label}
     if modality == "image":
-        data = _read_bounded(abs_path, MAX_IMAGE_BYTES)
+        data = _read_bounded(reader, abs_path, MAX_IMAGE_BYTES)
         if len(data) > MAX_IMAGE_BYTES:
             raise UnreadableItem(f"image larger than {MAX_IMAGE_BYTES // 2**20} MiB")
+        check_pixels(data)
         try:
             image = dspy.Image(data)  # decoded by Pillow and re-encoded as a data URI
         except (ValueError, OSError, PILImage.DecompressionBombError) as exc:
@@ -95,7 +119,7 @@ def prepare_item(
         digest = hashlib.sha256(image.url.encode("ascii")).hexdigest()
         return PreparedItem({**common, "image": image}, {**common, "image_sha256": digest})
     # A UTF-8 character is at most 4 bytes: this many bytes always hold excerpt_chars characters.
-    text = _read_bounded(abs_path, excerpt_chars * 4).decode("utf-8", errors="replace")[:excerpt_chars]
+    text = _read_bounded(reader, abs_path, excerpt_chars * 4).decode("utf-8", errors="replace")[:excerpt_chars]
     return PreparedItem({**common, "excerpt": text}, {**common, "excerpt": text})
 
 

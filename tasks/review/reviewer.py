@@ -7,10 +7,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from helios.reader import SafeReader
 from tasks.review import lm as lm_layer
 from tasks.review.budget import Budget, Price
 from tasks.review.cache import AnswerCache, request_key
 from tasks.review.config import ReviewConfig
+from tasks.review.cooldown import Cooldowns
 from tasks.review.program import (
     SIGNATURES,
     VERDICTS,
@@ -92,7 +94,9 @@ class Reviewer:
     prices: dict[str, Price]
     budget: Budget
     cache: AnswerCache
+    reader: SafeReader | None = None  # reads the items' files; None: one confined to each file's directory
     ledger: dict[str, ModelLedger] = field(init=False)
+    cooldowns: Cooldowns = field(init=False)
     counts: Counter[str] = field(default_factory=Counter)  # cache_hits, rejected_labels, malformed
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -100,11 +104,13 @@ class Reviewer:
         self.signature = SIGNATURES[self.modality]
         self.adapter = lm_layer.build_adapter()
         self.ledger = {model: ModelLedger(self.prices[model]) for model in self.chain}
+        self.cooldowns = Cooldowns(self.chain, self.cfg.cooldown_after, self.cfg.cooldown_s)
 
     def lookup(self, abs_path: Any, model_label: str) -> ItemResult | Pending:
         """Sequential first step: an unreadable item or a cache hit is final; otherwise what to ask the models."""
         try:
-            item = prepare_item(abs_path, model_label, self.labels, self.modality, self.cfg.excerpt_chars)
+            item = prepare_item(abs_path, model_label, self.labels, self.modality, self.cfg.excerpt_chars,
+                                self.reader)
         except UnreadableItem as exc:
             return ItemResult("unreviewed", reason=str(exc))
         keys = {model: request_key(model, item.fingerprint) for model in self.chain}
@@ -122,12 +128,17 @@ class Reviewer:
         """Concurrent second step: each model in order until one answers; ``turn`` orders first admissions."""
         spent, problem, sent = 0.0, "no model answered", []
         for model in self.chain:
+            if self.cooldowns.skip(model):  # failed cooldown_after times in a row: the fallbacks answer for now
+                problem = f"{model}: cooling down after {self.cfg.cooldown_after} failures in a row"
+                continue
             result, cost, problem = self._ask(model, pending, turn, sent)
             turn = None  # only an item's first request waits for its turn
             spent += cost
             if result is not None:
                 result.cost_usd, result.requests = spent, sent
                 return result
+        if turn is not None:  # every model was cooling down: no request took this item's turn, so pass it on
+            self.budget.pass_turn(turn)
         return ItemResult("unreviewed", reason=f"all models failed; last: {problem}", cost_usd=spent, requests=sent)
 
     def _ask(self, model: str, pending: Pending, turn: int | None,
@@ -166,7 +177,7 @@ class Reviewer:
                     result = ItemResult("unreviewed", reason=f"bad answer twice ({problem})", model=model)
                     return result, spent, problem
                 continue
-            if attempt.kind == "failed" or transient >= self.cfg.retries:
+            if attempt.kind == "failed" or transient >= self.cfg.retries or self.cooldowns.cooling(model):
                 return None, spent, problem
             time.sleep(self._delay(transient, attempt.retry_after))
             transient += 1
@@ -185,6 +196,7 @@ class Reviewer:
         cost = price.cost(attempt.input_tokens, attempt.output_tokens)
         self.budget.settle(estimate, cost)
         self._account(model, attempt, cost)
+        self.cooldowns.record(model, failed=attempt.kind in ("transient", "failed"))
         answer = None if attempt.prediction is None else {
             key: str(getattr(attempt.prediction, key, "")) for key in ("verdict", "label", "rationale")}
         sent.append(Request(model, start_ns, end_ns, attempt.kind, attempt.input_tokens,

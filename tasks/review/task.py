@@ -38,14 +38,6 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
         return logging.getLogger("helios.review")
 
 
-def _inside(root: Path, relative: str) -> Path:
-    # Paths come from the input listing, not from file content or answers; still, never read outside the root.
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root):
-        raise ValueError(f"prediction path {relative!r} lies outside the input root {root}")
-    return path
-
-
 # No retries: LM retries and fallbacks live in the LM layer. No Prefect cache: the stage has its own answer cache,
 # and hashing the predictions frame for a cache key would cost more than the review's bookkeeping.
 @task(name="review", cache_policy=NONE)
@@ -64,11 +56,13 @@ def review_stage(
     logger = _logger()
     root = Path(input_root).resolve()
     selected = select_for_review(predictions, cfg.max_items)
-    items = [ReviewItem(str(r.path), _inside(root, str(r.path)), str(r.label), float(r.confidence))
+    # Paths come from the input listing, not from file content or answers; still, the core reads them through
+    # helios.reader confined to the root, so a path that leaves it is that item's error, not the run's.
+    items = [ReviewItem(str(r.path), root / str(r.path), str(r.label), float(r.confidence))
              for r in selected.itertuples(index=False)]
     api_key = resolve_api_key(cfg) if cfg.enabled else None
     outcome = review_items(cfg, items, tuple(labels), modality, api_key, Path(cfg.cache_dir or cache_dir),
-                           on_request)
+                           on_request, root)
     summary = outcome.summary
     if summary["status"].startswith("skipped"):
         logger.info("LLM review %s", summary["status"])

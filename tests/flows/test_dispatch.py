@@ -14,7 +14,7 @@ import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Completed, Failed, Running
 
-from flows.dispatch import GpuStageError, gpu_parameters, infer_result_of, run_infer_stage
+from flows.dispatch import GpuStageError, gpu_parameters, infer_result_of, run_infer_stage, variant_for_pool
 from helios.models.config import ModelConfig
 from helios.errors import UsageError
 from helios.models import load_model
@@ -82,6 +82,53 @@ def test_gpu_pool_without_the_deployment_names_the_fix(prefect_harness, mnist_re
             client.delete_global_concurrency_limit_by_name(GPU_LIMIT)
 
 
+def test_timed_out_gpu_run_is_cancelled_before_the_slot_is_released(prefect_harness, mnist_ref, manifest, tmp_path):
+    """No worker polls the pool, so the run is still Scheduled when the wait ends: it is set Cancelled, and the
+    slot comes back only after that. (The started-run path, Cancelling -> the worker stops the process -> Cancelled,
+    runs against a real server and process worker in tests/integration/test_dispatch_timeout.py.)"""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate, WorkPoolCreate
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    from flows.deployments import GPU_DEPLOYMENT, GPU_POOL
+
+    flow_name, deployment_name = GPU_DEPLOYMENT.split("/")
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=1))
+        client.create_work_pool(WorkPoolCreate(name=GPU_POOL, type="process"), overwrite=True)
+        deployment_id = client.create_deployment(client.create_flow_from_name(flow_name), deployment_name,
+                                                 work_pool_name=GPU_POOL, entrypoint="flows/infer.py:infer_flow")
+        try:
+            with pytest.raises(GpuStageError, match=r"gave no result in 3 s: cancelled by the pipeline, then its GPU "
+                                                    r"slot was released"):
+                run_infer_stage(InferConfig(pool="gpu"), mnist_ref, manifest, str(tmp_path / "run"), {}, timeout_s=3)
+            ours = DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
+            [run] = client.read_flow_runs(deployment_filter=ours)
+            assert run.state.is_cancelled()
+            assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0
+        finally:
+            client.delete_global_concurrency_limit_by_name(GPU_LIMIT)
+            client.delete_deployment(deployment_id)
+            client.delete_work_pool(GPU_POOL)
+
+
+def test_gpu_pool_never_gets_a_cpu_only_variant(tmp_path):
+    from tasks.optimize.result import OptimizeResult, VariantReport
+
+    def variant(name, selected=False, error=None):
+        return VariantReport(name, tmp_path / f"{name}.onnx", "classifier", 1, None, None, None, 100.0, 8, None,
+                             selected=selected, error=error)
+
+    int8 = OptimizeResult(variant("int8-dynamic", True), [variant("fp32"), variant("int8-dynamic", True)], tmp_path)
+    assert variant_for_pool(int8, "local").name == "int8-dynamic"  # the CPU runs what was selected for it
+    assert variant_for_pool(int8, "gpu").name == "fp32"
+    fused = OptimizeResult(variant("fp32-fused", True), [variant("fp32"), variant("fp32-fused", True)], tmp_path)
+    assert variant_for_pool(fused, "gpu").name == "fp32-fused"  # lossless variants run on CUDA as they are
+    only_int8 = OptimizeResult(variant("int8-static", True), [variant("fp32", error="failed"),
+                                                              variant("int8-static", True)], tmp_path)
+    assert variant_for_pool(only_int8, "gpu").name == "int8-static"  # nothing else to send
+
+
 def test_completed_gpu_run_gives_back_its_infer_result():
     value = {"predictions_path": "/shared/run/predictions.parquet", "counts": {"files": 3, "ok": 3}, "seconds": 1.0,
              "files_per_s": 3.0, "batch_size": 32}
@@ -91,7 +138,7 @@ def test_completed_gpu_run_gives_back_its_infer_result():
 
 @pytest.mark.parametrize(("state", "expected"), [
     (Failed(message="CUDA out of memory"), "ended Failed: CUDA out of memory"),
-    (Running(), "still Running after 60 s: is a worker polling pool helios-gpu"),
+    (Running(), "still Running after 60 s and did not confirm its cancellation"),
     (Completed(), "PREFECT_RESULTS_PERSIST_BY_DEFAULT=true"),
 ])
 def test_unfinished_failed_or_resultless_gpu_run_is_an_error_naming_the_run(state, expected):

@@ -25,10 +25,11 @@ def tiny_onnx(path: Path) -> Path:
     return path
 
 
-def result(tmp_path: Path, throughput: float, agreement: float = 1.0) -> OptimizeResult:
+def result(tmp_path: Path, throughput: float, agreement: float = 1.0, accuracy: float | None = None) -> OptimizeResult:
     tmp_path.mkdir(parents=True, exist_ok=True)
     rows = [VariantReport(name, tiny_onnx(tmp_path / f"{name}.onnx"), "classifier", 300, 1.0, 1.5, 2.0, tp, 8, 3.0,
-                          agreement=q, providers=("CPUExecutionProvider",), selected=name == "int8-static",
+                          agreement=q, accuracy=accuracy, providers=("CPUExecutionProvider",),
+                          selected=name == "int8-static",
                           reason="fastest" if name == "int8-static" else "slower", throughput_by_batch={1: 10.0, 8: tp})
             for name, tp, q in (("fp32", throughput / 2, 1.0), ("int8-static", throughput, agreement))]
     table = tmp_path / "optimize.json"
@@ -50,11 +51,15 @@ def parent(client, exp) -> str:
     return client.create_run(exp).info.run_id
 
 
-def champion(chosen: OptimizeResult, hardware_class: str, store) -> dict:
+def champion(chosen: OptimizeResult, hardware_class: str, store, **settings) -> dict:
     """Register ``chosen`` as a version of ``mnist-cnn``, with the tiny ONNX file as its model."""
     uri, client, exp = store
     return register_champion(chosen, "mnist-cnn", hardware_class, parent(client, exp), uri,
-                             ModelConfig(name=str(chosen.selected.path)))
+                             ModelConfig(name=str(chosen.selected.path)), **settings)
+
+
+def alias(client, name: str) -> str:
+    return str(client.get_model_version_by_alias("mnist-cnn", name).version)
 
 
 def test_each_variant_is_a_nested_run_with_its_metrics(store, tmp_path):
@@ -90,8 +95,46 @@ def test_champion_moves_only_when_beaten_on_the_same_hardware_class(store, tmp_p
 
     other = champion(result(tmp_path / "d", 50.0), "cpu-avx512-vnni-8c", store)
     assert other["promoted"]  # first on its own hardware class, though slower than the avx2 champion
-    assert str(client.get_model_version_by_alias("mnist-cnn", "champion-cpu-avx2-2c").version) == faster["version"]
-    assert str(client.get_model_version_by_alias("mnist-cnn", "champion-cpu-avx512-vnni-8c").version) == other["version"]
+    assert alias(client, "champion-cpu-avx2-2c") == faster["version"]
+    assert alias(client, "champion-cpu-avx512-vnni-8c") == other["version"]
+    # the global alias stays on the serving class (the first class to get a champion), not the latest promotion
+    assert alias(client, "champion") == faster["version"] and other["aliases"] == ["champion-cpu-avx512-vnni-8c"]
+
+    better_other = champion(result(tmp_path / "e", 80.0), "cpu-avx512-vnni-8c", store)
+    assert better_other["promoted"] and alias(client, "champion") == faster["version"]
+
+
+def test_champion_class_setting_puts_the_global_alias_on_that_class(store, tmp_path):
+    uri, client, exp = store
+    avx2 = champion(result(tmp_path / "a", 200.0), "cpu-avx2-2c", store)
+    assert alias(client, "champion") == avx2["version"]
+    # the deployment runs on the AMX pool: its class's champion becomes the global one, at once
+    amx = champion(result(tmp_path / "b", 90.0), "cpu-amx-2c", store, champion_class="cpu-amx-2c")
+    assert amx["aliases"] == ["champion", "champion-cpu-amx-2c"] and alias(client, "champion") == amx["version"]
+    # a faster avx2 version moves its class alias only, as long as the setting names the AMX class
+    faster_avx2 = champion(result(tmp_path / "c", 400.0), "cpu-avx2-2c", store, champion_class="cpu-amx-2c")
+    assert faster_avx2["promoted"] and alias(client, "champion-cpu-avx2-2c") == faster_avx2["version"]
+    assert alias(client, "champion") == amx["version"]
+    # without the setting the global alias keeps the class of the version that holds it
+    faster_amx = champion(result(tmp_path / "d", 120.0), "cpu-amx-2c", store)
+    assert alias(client, "champion") == faster_amx["version"]
+
+
+def test_regression_gate_keeps_a_faster_variant_that_lost_accuracy(store, tmp_path):
+    uri, client, exp = store
+    first = champion(result(tmp_path / "a", 200.0, accuracy=0.980), "cpu-avx2-2c", store)
+    worse = champion(result(tmp_path / "b", 400.0, accuracy=0.970), "cpu-avx2-2c", store)  # -1.0 point
+    assert not worse["promoted"]
+    assert worse["comparison"]["why"].startswith("accuracy regressed: 97.00% vs champion 98.00%")
+    assert alias(client, "champion-cpu-avx2-2c") == alias(client, "champion") == first["version"]
+    # the same figures pass a looser gate
+    loose = champion(result(tmp_path / "c", 400.0, accuracy=0.970), "cpu-avx2-2c", store, max_regression=1.5)
+    assert loose["promoted"] and alias(client, "champion") == loose["version"]
+    # within the default 0.5 points but not faster: kept out too
+    slower = champion(result(tmp_path / "d", 405.0, accuracy=0.972), "cpu-avx2-2c", store)
+    assert not slower["promoted"] and "not better" in slower["comparison"]["why"]
+    within = champion(result(tmp_path / "e", 500.0, accuracy=0.967), "cpu-avx2-2c", store)  # -0.3 point, faster
+    assert within["promoted"] and "accuracy 96.70% vs 97.00%" in within["comparison"]["why"]
 
 
 def test_the_champion_is_a_pyfunc_that_takes_file_bytes_and_carries_its_card(store, tmp_path):

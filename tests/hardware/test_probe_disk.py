@@ -37,3 +37,33 @@ def test_missing_input_measures_nearest_parent(tmp_path):
     disk, reasons = probe_disk(tmp_path / "not" / "yet", 0.1)
     assert disk.path == str(tmp_path)
     assert "does not exist" in reasons["disk.input"]
+
+
+def test_reads_only_regular_files_inside_the_input_root(tmp_path):
+    """A symlink out of the root (to a big file) and a FIFO are not read: the probe times only the run's data."""
+    import os
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "big.bin").write_bytes(b"\x02" * (16 << 20))
+    root = tmp_path / "input"
+    (root / "sub").mkdir(parents=True)
+    (root / "small.bin").write_bytes(b"\x01" * 1000)
+    (root / "sub" / "inner.bin").write_bytes(b"\x03" * 2000)
+    (root / "link-out.bin").symlink_to(outside / "big.bin")
+    (root / "link-dir").symlink_to(outside, target_is_directory=True)
+    (root / "link-in.bin").symlink_to(root / "sub" / "inner.bin")  # stays inside: read
+    os.mkfifo(root / "pipe")  # opening it with a plain open() would block the probe for good
+    start = time.perf_counter()
+    probe = measure_read_bandwidth(root, 1.0)
+    assert time.perf_counter() - start < 1.5
+    assert "input holds only 5000 bytes" in probe.method  # 1000 + 2000 + 2000 through the inside link
+
+
+def test_an_input_that_is_a_symlink_out_of_its_folder_is_not_followed(tmp_path):
+    (tmp_path / "secret.bin").write_bytes(b"\x02" * (16 << 20))
+    (tmp_path / "input").mkdir()
+    link = tmp_path / "input" / "data.bin"
+    link.symlink_to(tmp_path / "secret.bin")
+    probe = measure_read_bandwidth(link, 0.3)
+    assert "input holds only 0 bytes" in probe.method

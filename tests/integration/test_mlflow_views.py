@@ -33,7 +33,9 @@ def run_pipeline(input_dir: Path, labels: Path, out: Path, fake: FakeLLM, mlflow
     review = {"model": "openai/fake-a", "fallbacks": ["openai/fake-b"], "api_base": fake.url, "max_items": 4,
               "prices": {"openai/fake-a": PRICE, "openai/fake-b": PRICE}, "retries": 1, "backoff_s": 0.01,
               "max_concurrency": 1, "cache_dir": str(out / "llm-cache")}
+    # optimize.reuse_champion=false: run 2 must optimize too (its sample is a dataset), not reuse run 1's champion
     cfg = load_config(None, [f"input={input_dir}", f"labels={labels}", f"out={out}", "optimize.variants=[fp32]",
+                             "optimize.reuse_champion=false",
                              "optimize.eval_samples=32", "optimize.latency_runs=5", "refine.enabled=false",
                              f"review={json.dumps(review)}", f"tracking.mlflow_uri={mlflow_url}",
                              f"tracking.experiment={EXPERIMENT}", "tracking.system_metrics_s=1"])

@@ -150,3 +150,25 @@ def test_pipeline_deployment_runs_on_the_cpu_worker_and_sends_infer_to_the_gpu_p
     assert mlrun.info.status == "FINISHED" and mlrun.data.metrics["files.files"] == 200
     assert {"predictions.parquet", "report.json"} <= {a.path for a in mlflow.list_artifacts(mlrun.info.run_id)}
     assert mlflow.search_model_versions(), "the pipeline registered no champion model on the MLflow server"
+
+
+def test_gpu_deployment_refuses_a_model_that_runs_code_unless_the_worker_opted_in(deployed, gpu_worker,
+                                                                                   prefect_server, tmp_path):
+    """Anyone who can reach the API can start helios-infer-gpu with any parameters: its infer_flow refuses a
+    ``module:factory`` model before loading anything, on a worker without HELIOS_ALLOW_DEPLOYMENT_CODE."""
+    from flows.deployments import CODE_OPT_IN
+
+    model = {"model": {"name": "os:system"}, "onnx_path": str(tmp_path / "model.onnx"), "variant": "fp32",
+             "identity": "0" * 32}
+    parameters = {"cfg": {}, "model": model, "manifest_path": str(tmp_path / "manifest.parquet"),
+                  "run_dir": str(tmp_path / "run")}
+    with prefect_client(prefect_server.url) as client:
+        deployment = client.read_deployment_by_name(GPU_DEPLOYMENT)
+        run = client.create_flow_run_from_deployment(deployment.id, parameters=parameters)
+        deadline = time.monotonic() + 180
+        while not (run := client.read_flow_run(run.id)).state.is_final() and time.monotonic() < deadline:
+            time.sleep(1)
+    log = gpu_worker.log_tail(20000)
+    assert run.state.is_failed(), f"the GPU run ended {run.state.name}: {run.state.message}\nworker:\n{log[-3000:]}"
+    assert f"set {CODE_OPT_IN}=1 in the worker's environment" in f"{run.state.message}\n{log}"
+    assert not (tmp_path / "run").exists()  # refused before any work

@@ -18,6 +18,8 @@ def helios(*args, cwd=None, timeout=120):
 @pytest.mark.parametrize("args, fragment", [
     (["run", "--input", "/no/such/dir"], "input directory /no/such/dir does not exist"),
     (["run", "--model", "resnet9000"], "unknown model 'resnet9000'"),
+    (["run", "--model", "models:/mnist-cnn/latest"], "use models:/NAME@ALIAS (e.g. models:/mnist-cnn@champion)"),
+    (["run", "--model", "models:/mnist-cnn@champion"], "--model models:/mnist-cnn@champion: no MLflow store at"),
     (["run", "--set", "infer.bogus=1"], "unknown setting 'infer.bogus'"),
     (["run", "--set", "refine.tta_merge=median"], "refine.tta_merge='median' is not allowed"),
     (["run", "--config", "/no/such.yaml"], "config file /no/such.yaml does not exist"),

@@ -42,7 +42,8 @@ def test_compare_lists_newest_runs_first_with_tags_and_metrics(tracking_uri):
     frame = compare_runs(tracking_uri, "helios", last=10)
 
     assert list(frame.columns) == ["run_id", "start", "model", "variant", "hardware_class", "input_digest", "throughput",
-                                   "accuracy", "llm_cost_usd", "compute_cost_usd", "cost_per_1k_files_usd", "status"]
+                                   "accuracy", "llm_cost_usd", "compute_cost_usd", "cost_per_1k_files_usd", "status",
+                                   "regressed"]
     assert list(frame["model"]) == ["no-variant-tag", "minilm-[zero-shot]", "mnist-cnn", "mnist-cnn"]
     assert list(frame["status"]) == ["RUNNING", "FAILED", "FINISHED", "FINISHED"]
     assert frame.loc[2, "throughput"] == 1700.0 and frame.loc[2, "llm_cost_usd"] == 0.0123
@@ -81,3 +82,35 @@ def test_run_tags_are_the_documented_names():
     assert RUN_TAGS == ("helios.model", "helios.variant", "helios.hardware_class", "prefect.flow_run_id",
                         "prefect.flow_run_url")
     assert make_run_tags("m", None, "cpu") == {"helios.model": "m", "helios.hardware_class": "cpu"}
+
+
+def test_a_run_that_regressed_against_the_previous_run_of_its_deployment_is_marked(tmp_path):
+    """Runs of one deployment share the run name ``<model>-<run dir>``; the previous finished one is the baseline."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("helios")
+    runs = [  # oldest first: run name, accuracy, files/s, files reused, status
+        ("mnist-cnn-nightly", 0.950, 1000.0, 0, "FINISHED"),
+        ("mnist-cnn-nightly", 0.930, 1000.0, 0, "FINISHED"),  # accuracy -2 points
+        ("mnist-cnn-nightly", 0.100, 10.0, 0, "FAILED"),  # failed: not a baseline, not marked
+        ("mnist-cnn-adhoc", 0.500, 10.0, 0, "FINISHED"),  # another deployment: first of its own
+        ("mnist-cnn-nightly", 0.932, 800.0, 0, "FINISHED"),  # files/s -20 % against the 0.930 run
+        ("mnist-cnn-nightly", 0.929, 100.0, 1500, "FINISHED"),  # reused files: throughput not compared; -0.3 pt
+    ]
+    for i, (name, accuracy, speed, reused, status) in enumerate(runs):
+        run = client.create_run(experiment, start_time=int(time.time() * 1000) - (10 - i) * 1000, run_name=name,
+                                tags=make_run_tags("mnist-cnn", "fp32", "cpu-avx2"))
+        for metric, value in ((METRIC_ACCURACY, accuracy), (METRIC_THROUGHPUT, speed), ("files.reused", reused)):
+            client.log_metric(run.info.run_id, metric, value)
+        client.set_terminated(run.info.run_id, status=status)
+
+    frame = compare_runs(uri, "helios", last=6)
+    assert frame["regressed"].fillna("").tolist()[::-1] == ["", "accuracy -2.00 pt", "", "", "files/s -20%", ""]
+    # the baseline of the oldest run shown lies beyond --last
+    assert compare_runs(uri, "helios", last=2)["regressed"].fillna("").tolist() == ["", "files/s -20%"]
+    console = Console(record=True, width=250)
+    console.print(render_comparison(frame))
+    text = console.export_text()
+    assert "files/s -20%" in text and "accuracy -2.00 pt" in text

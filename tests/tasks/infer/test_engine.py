@@ -17,10 +17,10 @@ class TightMemoryEngine(Engine):
 
     limit = 8
 
-    def run(self, feeds):
+    def run(self, feeds, extra=()):
         if len(next(iter(feeds.values()))) > self.limit:
             raise MemoryError("simulated: not enough memory for this batch")
-        return super().run(feeds)
+        return super().run(feeds, extra)
 
 
 def test_allocation_failures_halve_the_batch_and_keep_every_file(mnist_ref):
@@ -121,7 +121,7 @@ def test_a_failing_runner_fails_the_shard_and_stops_the_others(tmp_path, mnist_r
 def test_stage_cores_do_not_import_prefect():
     modules = ["tasks.infer.source", "tasks.infer.scan", "tasks.infer.shard", "tasks.infer.engine",
                "tasks.infer.plan", "tasks.infer.index", "tasks.infer.model_ref", "tasks.infer.result",
-               "tasks.infer.workers"]
+               "tasks.infer.workers", "tasks.infer.table", "tasks.infer.outputs"]
     code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('prefect' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -98,3 +98,17 @@ def plain_onnx(tmp_path_factory):
 def plain_frame(scan, plain_onnx):
     adapter, onnx_path = plain_onnx
     return infer_frame(adapter, onnx_path, scan.root, scan.frame["path"].tolist())
+
+
+@pytest.fixture(scope="session")
+def vit_onnx(tmp_path_factory):
+    from helios.models.mnist_vit import load_mnist_vit
+
+    adapter = load_mnist_vit()
+    return adapter, export_onnx(adapter, tmp_path_factory.mktemp("vit-onnx"), 17)
+
+
+@pytest.fixture(scope="session")
+def vit_frame(scan, vit_onnx):
+    adapter, onnx_path = vit_onnx
+    return infer_frame(adapter, onnx_path, scan.root, scan.frame["path"].tolist())

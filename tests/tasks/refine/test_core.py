@@ -70,7 +70,7 @@ def test_parity_failure_keeps_the_source_answers(scan, tmp_path):
 def test_a_model_without_batchnorm_skips_ttt_with_a_note(scan, plain_onnx, plain_frame, tmp_path):
     adapter, onnx_path = plain_onnx
     _, summary = refine(scan, tmp_path, frame=plain_frame, adapter=adapter, onnx_path=onnx_path)
-    assert any("no BatchNorm layers" in n for n in summary["notes"])
+    assert any("neither BatchNorm nor LayerNorm" in n for n in summary["notes"])
     assert set(summary["methods"]) == {"tta"}
 
 

@@ -65,6 +65,7 @@ class FakeLLM:
         self.sleep_s = sleep_s
         self.scripts: dict[str, list[Any]] = {}
         self.requests: Counter[str] = Counter()
+        self.billed: Counter[str] = Counter()  # answers sent with a usage block (HTTP 200 with a completion)
         self.bodies: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
@@ -98,6 +99,8 @@ class FakeLLM:
             return queue.pop(0) if queue else "ok"
 
     def _completion(self, model: str, content: str) -> dict[str, Any]:
+        with self._lock:
+            self.billed[model] += 1
         return {
             "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -82,7 +83,7 @@ def test_transient_errors_are_retried(fake, make_cfg, text_items, tmp_path):
 def test_fallback_after_retries_then_timeout(fake, make_cfg, text_items, tmp_path):
     fake.script("fake-a", 429, 503, 500, "timeout", "timeout")  # item 1: 3 errors; item 2: 2 timeouts and a 500
     fake.script("fake-a", 500)
-    cfg = make_cfg(retries=2, timeout_s=0.3)
+    cfg = make_cfg(retries=2, timeout_s=0.3, cooldown_after=0)  # six failures in a row: no cooldown here
     outcome = review_items(cfg, text_items("one", "two"), LABELS, "text", "sk-test", tmp_path / "c")
     assert [(r.status, r.model) for r in outcome.rows] == [("reviewed", "openai/fake-b"), ("reviewed", "openai/fake-b")]
     assert fake.requests == {"fake-a": 6, "fake-b": 2}
@@ -247,3 +248,48 @@ def test_core_never_imports_prefect_or_mlflow():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module.split(".")[0])
         assert not imported & {"prefect", "mlflow"}, source.name
+
+
+def _bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_image_items_pass_the_size_cap_and_bomb_guard(fake, make_cfg, tmp_path):
+    root = tmp_path / "input"
+    (root / "sub").mkdir(parents=True)
+    (root / "bomb.png").write_bytes(_bomb_png(100_000, 100_000))  # over Pillow's own limit
+    (root / "big.png").write_bytes(_bomb_png(8_000, 8_000))  # under Pillow's, over the review's 50 M pixels
+    with open(root / "huge.png", "wb") as handle:
+        handle.truncate(21 * 2**20)  # over MAX_IMAGE_BYTES: refused after 20 MiB + 1 byte were read
+    (root / "sub" / "ok.png").write_bytes(png_bytes())
+    (root / "inside.png").symlink_to(root / "sub" / "ok.png")  # a link that stays in the root is followed
+    names = ["bomb.png", "big.png", "huge.png", "inside.png"]
+    items = [ReviewItem(n, root / n, "cat", 0.1 + i / 10) for i, n in enumerate(names)]
+    outcome = review_items(make_cfg(), items, LABELS, "image", "sk-test", tmp_path / "c", root=root)
+    assert [(r.status, r.reason) for r in outcome.rows] == [
+        ("unreviewed", "decompression bomb: more pixels than 50000000"),
+        ("unreviewed", "decompression bomb: 8000x8000 pixels exceeds 50000000"),
+        ("unreviewed", "image larger than 20 MiB"), ("reviewed", None)]
+    assert fake.requests == {"fake-a": 1}
+
+
+def test_the_lm_layer_loads_litellms_bundled_prices_and_leaves_the_environment_alone():
+    script = textwrap.dedent("""
+        import os
+        before = dict(os.environ)
+        import tasks.review.lm
+        from litellm.litellm_core_utils.get_model_cost_map import _cost_map_source_info
+        print(_cost_map_source_info.source, dict(os.environ) == before)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "LITELLM_LOCAL_MODEL_COST_MAP"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120,
+                          cwd=Path(__file__).resolve().parents[3])
+    assert done.stdout.split() == ["local", "True"], done.stderr[-2000:]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -59,11 +60,23 @@ def test_disagreements_relabel_and_accuracy(fake, make_cfg, corpus, tmp_path, mo
     assert accuracy["model_accuracy_on_reviewed"] == pytest.approx(2 / 3)
 
 
-def test_item_paths_cannot_escape_the_input_root(make_cfg, corpus, tmp_path):
+def test_files_the_scan_refuses_become_item_errors(fake, make_cfg, corpus, tmp_path, monkeypatch):
+    """A path out of the root, a symlink out of it and a FIFO: each its item's error; the run and the rest go on."""
+    monkeypatch.setenv("OPENROUTER_API_KEY", "sk-test")
     predictions, root = corpus
-    escaping = predictions.assign(path=["../outside.txt", "b.txt", "c.txt", "d.txt", "e.txt"])
-    with pytest.raises(ValueError, match="outside the input root"):
-        review_stage.fn(make_cfg(), escaping, str(root), LABELS, "text", str(tmp_path / "c"))
+    (tmp_path / "outside.txt").write_text("SAY:dog TOP-SECRET", encoding="utf-8")
+    (root / "link.txt").symlink_to(tmp_path / "outside.txt")
+    os.mkfifo(root / "pipe.txt")  # opening it for reading without O_NONBLOCK would hang the run
+    frame = pd.DataFrame({"path": ["../outside.txt", "link.txt", "pipe.txt", "b.txt"], "status": ["ok"] * 4,
+                          "label": ["cat"] * 4, "confidence": [0.1, 0.2, 0.3, 0.4], "final_stage": ["infer"] * 4})
+    out, summary = review_stage.fn(make_cfg(), frame, str(root), LABELS, "text", str(tmp_path / "c"))
+    rows = out.set_index("path")
+    assert rows["review_status"].tolist() == ["unreviewed", "unreviewed", "unreviewed", "reviewed"]
+    assert rows.loc["../outside.txt", "review_reason"].startswith("path leaves the input root")
+    assert rows.loc["link.txt", "review_reason"].startswith("symlink leaves the input root (points to ")
+    assert rows.loc["pipe.txt", "review_reason"] == "not a regular file (FIFO (named pipe)): not opened"
+    assert fake.requests == {"fake-a": 1} and not any("TOP-SECRET" in json.dumps(b) for b in fake.bodies)
+    assert summary["reviewed"] == 1 and summary["unreviewed"] == 3
 
 
 def _files_containing(root: Path, secret: str) -> list[Path]:

@@ -1,0 +1,263 @@
+"""Hugging Face classifiers at realistic sizes, side by side in one run: Helios end to end vs a plain PyTorch
+transformers loop vs the variant Helios selected driven by a bare ONNX Runtime loop; and, for accuracy, a MiniLM
+topic classifier whose head is fitted here, Helios's labels against the model's own head.
+
+    python benchmarks/bench_hf.py image --arch resnet50 --n 2000
+    python benchmarks/bench_hf.py image --arch vit-b16 --n 2000
+    python benchmarks/bench_hf.py text-accuracy --n 1000
+
+Models are built from transformers configurations (random weights: speed and parity only; no downloads). Images
+are JPEGs of mixed sizes cut from scikit-learn's two sample photos. Every contender decodes the same files and
+preprocesses them as the model's image processor declares, batch 32, 2 threads; Helios's figure is its infer stage
+(files / stage seconds: shard tasks, decode, ORT, writing parquet) and the whole `helios run` wall time beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+THREADS, BATCH = 2, 32
+
+
+def load() -> str:
+    return "load %.2f %.2f %.2f" % os.getloadavg()
+
+
+def build_image_model(arch: str, dst: Path) -> Path:
+    """ResNet-50 (ConvNeXT processor: shortest edge 224 / 0.875, crop) or ViT-B/16 (ViT processor: 224x224)."""
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification, ViTConfig, ViTForImageClassification
+    from transformers.models.convnext.image_processing_pil_convnext import ConvNextImageProcessorPil
+    from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
+
+    if (dst / "config.json").is_file():
+        return dst
+    torch.manual_seed(0)
+    labels = {"id2label": {i: f"class_{i}" for i in range(1000)}, "label2id": {f"class_{i}": i for i in range(1000)}}
+    if arch == "resnet50":
+        model = ResNetForImageClassification(ResNetConfig(**labels))  # the defaults are ResNet-50
+        processor = ConvNextImageProcessorPil(size={"shortest_edge": 224}, crop_pct=0.875)
+    else:
+        model = ViTForImageClassification(ViTConfig(**labels))  # the defaults are ViT-B/16 at 224
+        processor = ViTImageProcessorPil(size={"height": 224, "width": 224})
+    model.eval().save_pretrained(dst)
+    processor.save_pretrained(dst)
+    return dst
+
+
+def write_jpegs(dst: Path, n: int, seed: int = 0) -> list[Path]:
+    """``n`` JPEGs of mixed sizes (about 120 to 900 px a side) cut and scaled from real photos."""
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    dst.mkdir(parents=True, exist_ok=True)
+    paths = sorted(dst.glob("*.jpg"))
+    if len(paths) >= n:
+        return paths[:n]
+    photos = [Image.fromarray(a) for a in load_sample_images().images]
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        photo = photos[i % 2]
+        w, h = int(rng.integers(120, 640)), int(rng.integers(120, 427))
+        x, y = int(rng.integers(0, 640 - w + 1)), int(rng.integers(0, 427 - h + 1))
+        scale = float(rng.uniform(0.6, 1.5))
+        img = photo.crop((x, y, x + w, y + h)).resize((max(1, int(w * scale)), max(1, int(h * scale))))
+        img.save(dst / f"{i:05d}.jpg", quality=90)
+    return sorted(dst.glob("*.jpg"))[:n]
+
+
+def run_helios(model: Path, inputs: Path, work: Path, extra: list[str]) -> dict:
+    """`helios run` (refine and review off: they are not inference), timed; the report's figures."""
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "prefect-home").mkdir(parents=True)
+    env = {**os.environ, "PREFECT_HOME": str(work / "prefect-home"), "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [sys.executable, "-m", "helios.cli", "run", "--input", str(inputs), "--model", str(model),
+           "--out", str(work / "run"), "--set", "refine.enabled=false", "--set", "review.enabled=false",
+           "--set", "optimize.eval_samples=64", "--set", "optimize.calibration_samples=32", *extra]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(result.stdout[-2000:] + result.stderr[-4000:])
+    report = json.loads((work / "run" / "report.json").read_text())
+    selected = report["model"]["variant"]
+    return {"wall_s": wall, "stages": report["stages"], "variant": selected,
+            "onnx": work / "run" / "model" / f"{selected}.onnx", "predictions": work / "run" / "predictions.parquet"}
+
+
+def image_batches(paths: list[Path]):
+    from PIL import Image
+
+    for s in range(0, len(paths), BATCH):
+        yield [Image.open(p).convert("RGB") for p in paths[s:s + BATCH]]
+
+
+def torch_images(model_dir: Path):
+    """A plain transformers loop: PIL decode, AutoImageProcessor, model(pixel_values) in inference mode."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    torch.set_num_threads(THREADS)
+    proc = AutoImageProcessor.from_pretrained(str(model_dir))
+    model = AutoModelForImageClassification.from_pretrained(str(model_dir)).eval()
+
+    def run(paths: list[Path]) -> tuple[float, np.ndarray]:
+        preds, start = [], time.perf_counter()
+        with torch.inference_mode():
+            for images in image_batches(paths):
+                pixels = proc(images=images, return_tensors="pt")["pixel_values"]
+                preds.append(model(pixel_values=pixels).logits.argmax(1).numpy())
+        return time.perf_counter() - start, np.concatenate(preds)
+    return run
+
+
+def ort_images(model_dir: Path, onnx_path: Path):
+    """The same ONNX file in a bare ONNX Runtime loop: PIL decode, AutoImageProcessor, session.run."""
+    import onnxruntime as ort
+    from transformers import AutoImageProcessor
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    proc = AutoImageProcessor.from_pretrained(str(model_dir))
+
+    def run(paths: list[Path]) -> tuple[float, np.ndarray]:
+        preds, start = [], time.perf_counter()
+        for images in image_batches(paths):
+            pixels = proc(images=images, return_tensors="np")["pixel_values"]
+            preds.append(session.run(None, {"pixel_values": pixels})[0].argmax(1))
+        return time.perf_counter() - start, np.concatenate(preds)
+    return run
+
+
+def interleaved(runners: dict, paths: list[Path], chunk: int = 256) -> dict:
+    """Each runner over all paths, alternating chunk by chunk, so a burst of load hits both alike."""
+    seconds, preds = {k: 0.0 for k in runners}, {k: [] for k in runners}
+    for s in range(0, len(paths), chunk):
+        for name, run in runners.items():
+            t, p = run(paths[s:s + chunk])
+            seconds[name] += t
+            preds[name].append(p)
+    return {k: (seconds[k], np.concatenate(preds[k])) for k in runners}
+
+
+def helios_labels(predictions: Path, paths: list[Path], root: Path) -> np.ndarray:
+    import pandas as pd
+
+    frame = pd.read_parquet(predictions).set_index("path")
+    return np.array([int(str(frame.loc[p.relative_to(root).as_posix(), "label"]).split("_")[-1]) for p in paths])
+
+
+def bench_image(args) -> None:
+    out = Path(args.work)
+    model_dir = build_image_model(args.arch, out / f"{args.arch}-model")
+    files = out / f"jpegs-{args.n}"
+    paths = write_jpegs(files, args.n)
+    print(f"{args.arch}, {len(paths)} JPEGs; {load()}", flush=True)
+    helios = run_helios(model_dir, files, out / f"helios-{args.arch}", args.set)
+    print(f"helios done ({helios['variant']}); {load()}", flush=True)
+    both = interleaved({"pytorch": torch_images(model_dir), "ort": ort_images(model_dir, helios["onnx"])}, paths)
+    (t_torch, p_torch), (t_ort, p_ort) = both["pytorch"], both["ort"]
+    print(f"pytorch and bare ORT done; {load()}", flush=True)
+    p_helios = helios_labels(helios["predictions"], paths, files)
+    n = len(paths)
+    rates = {"helios": n / helios["stages"]["infer"], "pytorch": n / t_torch, "ort": n / t_ort}
+    print(f"\n| contender | img/s | vs PyTorch | vs bare ORT | top-1 agreement with PyTorch |\n|---|---:|---:|---:|---:|")
+    print(f"| PyTorch transformers loop, batch {BATCH}, {THREADS} threads | {rates['pytorch']:.1f} | 1.00x | "
+          f"{rates['pytorch'] / rates['ort']:.2f}x | |")
+    print(f"| bare ORT loop, Helios's {helios['variant']} | {rates['ort']:.1f} | {rates['ort'] / rates['pytorch']:.2f}x | "
+          f"1.00x | {(p_ort == p_torch).mean():.4f} |")
+    print(f"| Helios infer stage ({helios['variant']}) | {rates['helios']:.1f} | {rates['helios'] / rates['pytorch']:.2f}x"
+          f" | {rates['helios'] / rates['ort']:.2f}x | {(p_helios == p_torch).mean():.4f} |")
+    print(f"\nhelios run wall {helios['wall_s']:.1f} s; stages {helios['stages']}")
+
+
+def build_minilm_classifier(dst: Path, texts: list[str], topics: list[str], labels: tuple[str, ...]) -> Path:
+    """BertForSequenceClassification from the packaged MiniLM (encoder and pooler) with a head fitted on texts."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from helios.models.quiet import quiet_transformers
+    from helios.models.minilm import minilm_path
+
+    src = minilm_path()
+    config = BertConfig.from_pretrained(str(src), id2label=dict(enumerate(labels)),
+                                        label2id={name: i for i, name in enumerate(labels)})
+    config.architectures = ["BertForSequenceClassification"]
+    with quiet_transformers():  # the checkpoint has no classifier: fitted below
+        model = BertForSequenceClassification.from_pretrained(str(src), config=config).eval()
+    tok = AutoTokenizer.from_pretrained(str(src))
+    with torch.no_grad():
+        pooled = torch.cat([model.bert(**tok(texts[i:i + 64], padding=True, truncation=True, max_length=256,
+                                              return_tensors="pt")).pooler_output for i in range(0, len(texts), 64)])
+    fit = LogisticRegression(C=10.0, max_iter=2000).fit(pooled.numpy(), [labels.index(t) for t in topics])
+    with torch.no_grad():
+        model.classifier.weight.copy_(torch.from_numpy(fit.coef_).float())
+        model.classifier.bias.copy_(torch.from_numpy(fit.intercept_).float())
+    model.save_pretrained(dst)
+    tok.save_pretrained(dst)
+    shutil.copyfile(src / "sentence_bert_config.json", dst / "sentence_bert_config.json")
+    return dst
+
+
+def bench_text_accuracy(args) -> None:
+    import pandas as pd
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from helios.data.demo import write_demo
+
+    out = Path(args.work)
+    train_csv = write_demo("text", 400, out / "topics-train", seed=1)
+    train = pd.read_csv(train_csv)
+    texts = [(train_csv.parent / "files" / p).read_text() for p in train["path"]]
+    labels = tuple(sorted(set(train["label"])))
+    model_dir = build_minilm_classifier(out / "minilm-topics", texts, list(train["label"]), labels)
+    test_csv = write_demo("text", args.n, out / f"topics-test-{args.n}", seed=2)
+    print(f"text accuracy: head fitted on 400 demo texts (seed 1), tested on {args.n} others (seed 2); {load()}")
+    helios = run_helios(model_dir, test_csv.parent / "files", out / "helios-minilm-topics", ["--labels", str(test_csv)]
+                        + args.set)
+    test = pd.read_csv(test_csv)
+    frame = pd.read_parquet(helios["predictions"]).set_index("path").loc[test["path"]]
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+    test_texts = [(test_csv.parent / "files" / p).read_text() for p in test["path"]]
+    with torch.no_grad():
+        own = np.concatenate([model(**tok(test_texts[i:i + 32], padding=True, truncation=True, max_length=256,
+                                          return_tensors="pt")).logits.argmax(1).numpy() for i in range(0, len(test), 32)])
+    own_labels = np.array([labels[i] for i in own])
+    print(f"| variant | Helios = model's own head | Helios accuracy | own head accuracy |\n|---|---:|---:|---:|")
+    print(f"| {helios['variant']} | {(frame['infer_label'].to_numpy() == own_labels).mean():.4f} | "
+          f"{(frame['infer_label'].to_numpy() == test['label'].to_numpy()).mean():.4f} | "
+          f"{(own_labels == test['label'].to_numpy()).mean():.4f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    image = sub.add_parser("image")
+    image.add_argument("--arch", choices=("resnet50", "vit-b16"), default="resnet50")
+    image.add_argument("--n", type=int, default=2000)
+    text = sub.add_parser("text-accuracy")
+    text.add_argument("--n", type=int, default=1000)
+    for p in (image, text):
+        p.add_argument("--work", default="bench-hf-work")
+        p.add_argument("--set", action="append", default=[], help="key=value handed to `helios run --set` (repeatable)")
+    args = parser.parse_args()
+    args.set = [a for kv in args.set for a in ("--set", kv)]
+    (bench_image if args.cmd == "image" else bench_text_accuracy)(args)
+
+
+if __name__ == "__main__":
+    main()
