@@ -58,6 +58,9 @@ def optimize_model(cfg: OptimizeConfig, adapter: ModelAdapter, prepared, sample_
                "budget": {"min_agreement": cfg.min_agreement, "min_cosine": cfg.min_cosine, "min_gain": cfg.min_gain},
                "task": adapter.task, "methods": METHODS, "parity": prepared.parity}
     source = Path(prepared.onnx_path)
+    if run_items == 0:  # as before tiny runs were picked by recipe: a model is never chosen (and registered) on nothing
+        raise InputError("the scan found no files to infer, so there is nothing to optimize on: point --input at a "
+                         "folder or table that holds files")
     if not cfg.enabled:
         only = untimed("fp32", source, adapter, recommendation, "optimize disabled")
         return write_result(OptimizeResult(only, [only], out_dir / "optimize.json", {}, context))

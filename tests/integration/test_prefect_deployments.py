@@ -38,7 +38,9 @@ def deployed(prefect_server):
     results_dir = prefect_server.home / "prefect-results"
     pools = python_module("helios.cli", "ops", "pools", "--results-dir", str(results_dir))
     first, second = run_cli(pools, prefect_server.env), run_cli(pools, prefect_server.env)
-    assert f"created work pool {GPU_POOL}" in first and f"work pool {GPU_POOL} exists" in second
+    # the server is shared by the session: another module (test_dispatch_timeout) may have made the pools first
+    assert f"created work pool {GPU_POOL}" in first or f"work pool {GPU_POOL} exists" in first
+    assert f"work pool {GPU_POOL} exists" in second
     assert f"concurrency limit {GPU_LIMIT} exists (1 slots)" in second
     run_cli(python_module("prefect", "--no-prompt", "deploy", "--all"), prefect_server.env)
     return results_dir
@@ -101,6 +103,7 @@ def test_gpu_stage_is_dispatched_to_the_gpu_pool_and_its_result_read_back(deploy
 
         deployment = client.read_deployment_by_name(GPU_DEPLOYMENT)
         runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id])))
+        runs = [r for r in runs if not r.state.is_cancelled()]  # test_dispatch_timeout's run on the shared server
         assert len(runs) == 1 and runs[0].state.is_completed()
         assert client.read_global_concurrency_limit_by_name(GPU_LIMIT).active_slots == 0  # the slot came back
     assert len(list(deployed.iterdir())) >= 1, "the GPU run persisted no result in the shared result storage"

@@ -22,6 +22,17 @@ def test_a_tiny_run_takes_fp32_by_recipe_untimed(mnist, digits, avx2, tmp_path):
     assert result.selected.providers == ("CPUExecutionProvider",)
 
 
+def test_a_run_with_nothing_to_infer_picks_no_model(mnist, digits, avx2, tmp_path):
+    import pytest
+
+    from helios.models import InputError
+
+    adapter, prepared = mnist
+    with pytest.raises(InputError, match="no files to infer"):
+        optimize_model(OptimizeConfig(**FAST), adapter, prepared, [], tmp_path, *avx2, run_items=0)
+    assert not (tmp_path / "optimize.json").exists()
+
+
 def test_a_single_candidate_is_not_ranked(mnist, digits, avx2, tmp_path):
     adapter, prepared = mnist
     result = optimize_model(OptimizeConfig(variants=("fp32",), **FAST), adapter, prepared, digits[0], tmp_path, *avx2,
