@@ -88,11 +88,16 @@ class SAM:
         self.zero_grad()
 
     @torch.no_grad()
-    def second_step(self) -> None:
-        """Return to the parameters and take the base optimizer's step with the gradient found there."""
+    def undo(self) -> None:
+        """Return to the parameters before ``first_step`` (no step taken)."""
         for p, e in zip(self.params, self._moved):
             if e is not None:
                 p.sub_(e)
+        self._moved = []
+
+    def second_step(self) -> None:
+        """Return to the parameters and take the base optimizer's step with the gradient found there."""
+        self.undo()
         self.base.step()
         self.zero_grad()
 
@@ -132,10 +137,7 @@ def forward_and_adapt(model: nn.Module, chunks: list[torch.Tensor], optimizer: S
     optimizer.first_step()
     second_loss, _, _ = _reliable_loss(model, chunks, first, margin)
     if second_loss is None:  # every reliable item became unreliable at the perturbed point: undo, no step
-        with torch.no_grad():
-            for p, e in zip(optimizer.params, optimizer._moved):
-                if e is not None:
-                    p.sub_(e)
+        optimizer.undo()
         return None
     second_loss.backward()
     _check_grads(optimizer.params)
