@@ -5,6 +5,7 @@ topic classifier whose head is fitted here, Helios's labels against the model's 
     python benchmarks/bench_hf.py image --arch resnet50 --n 2000
     python benchmarks/bench_hf.py image --arch vit-b16 --n 2000
     python benchmarks/bench_hf.py text-accuracy --n 1000
+    python benchmarks/bench_hf.py text-speed --n 5000
 
 Models are built from transformers configurations (random weights: speed and parity only; no downloads). Images
 are JPEGs of mixed sizes cut from scikit-learn's two sample photos. Every contender decodes the same files and
@@ -243,6 +244,110 @@ def bench_text_accuracy(args) -> None:
           f"{(own_labels == test['label'].to_numpy()).mean():.4f} |")
 
 
+def build_bert_base(dst: Path, labels: tuple[str, ...]) -> Path:
+    """BertForSequenceClassification at BERT-base size (12 layers, hidden 768; random weights) with MiniLM's
+    tokenizer (the same uncased WordPiece vocabulary)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    from helios.models.minilm import minilm_path
+
+    if (dst / "config.json").is_file():
+        return dst
+    torch.manual_seed(0)
+    config = BertConfig(id2label=dict(enumerate(labels)), label2id={name: i for i, name in enumerate(labels)},
+                        architectures=["BertForSequenceClassification"])
+    BertForSequenceClassification(config).eval().save_pretrained(dst)
+    AutoTokenizer.from_pretrained(str(minilm_path())).save_pretrained(dst)
+    return dst
+
+
+def text_batches(texts: list[str]):
+    """Length-sorted batches of ``BATCH`` (as Helios buckets text): (positions, texts) each."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for s in range(0, len(order), BATCH):
+        idx = order[s:s + BATCH]
+        yield idx, [texts[i] for i in idx]
+
+
+def torch_texts(model_dir: Path):
+    """A plain transformers loop: tokenizer(padding, truncation 256) and model(**batch) in inference mode."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.set_num_threads(THREADS)
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForSequenceClassification.from_pretrained(str(model_dir)).eval()
+
+    def run(texts: list[str]) -> tuple[float, np.ndarray]:
+        preds, start = np.zeros(len(texts), dtype=np.int64), time.perf_counter()
+        with torch.inference_mode():
+            for idx, batch in text_batches(texts):
+                enc = tok(batch, padding=True, truncation=True, max_length=256, return_tensors="pt")
+                preds[idx] = model(**enc).logits.argmax(1).numpy()
+        return time.perf_counter() - start, preds
+    return run
+
+
+def ort_texts(model_dir: Path, onnx_path: Path):
+    """The same ONNX file in a bare ONNX Runtime loop: the same tokenizer and batches, session.run."""
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = THREADS
+    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    names = {i.name for i in session.get_inputs()}
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+
+    def run(texts: list[str]) -> tuple[float, np.ndarray]:
+        preds, start = np.zeros(len(texts), dtype=np.int64), time.perf_counter()
+        for idx, batch in text_batches(texts):
+            enc = tok(batch, padding=True, truncation=True, max_length=256, return_tensors="np")
+            feeds = {k: v.astype(np.int64) for k, v in enc.items() if k in names}
+            preds[idx] = session.run(None, feeds)[0].argmax(1)
+        return time.perf_counter() - start, preds
+    return run
+
+
+def bench_text_speed(args) -> None:
+    """BERT-base-sized classifier over ``--n`` texts from a Parquet file: Helios vs PyTorch vs bare ORT."""
+    import pandas as pd
+
+    from helios.data.demo import write_demo
+
+    out = Path(args.work)
+    demo_csv = write_demo("text", args.n, out / f"texts-{args.n}", seed=3)
+    demo = pd.read_csv(demo_csv)
+    texts = [(demo_csv.parent / "files" / p).read_text() for p in demo["path"]]
+    table = out / f"texts-{args.n}.parquet"
+    pd.DataFrame({"id": [f"t{i}" for i in range(len(texts))], "text": texts}).to_parquet(table, row_group_size=1000)
+    labels = tuple(sorted(set(demo["label"])))
+    model_dir = build_bert_base(out / "bert-base", labels)
+    print(f"bert-base (12 layers, hidden 768, random weights), {len(texts)} texts from {table.name}; {load()}",
+          flush=True)
+    helios = run_helios(model_dir, table, out / "helios-bert-base",
+                        ["--set", "infer.column=text", "--set", "infer.id_column=id", *args.set])
+    print(f"helios done ({helios['variant']}); {load()}", flush=True)
+    both = interleaved({"pytorch": torch_texts(model_dir), "ort": ort_texts(model_dir, helios["onnx"])}, texts,
+                       chunk=500)
+    (t_torch, p_torch), (t_ort, p_ort) = both["pytorch"], both["ort"]
+    print(f"pytorch and bare ORT done; {load()}", flush=True)
+    frame = pd.read_parquet(helios["predictions"]).set_index("path")
+    p_helios = np.array([labels.index(str(frame.loc[f"t{i}", "label"])) for i in range(len(texts))])
+    n = len(texts)
+    rates = {"helios": n / helios["stages"]["infer"], "pytorch": n / t_torch, "ort": n / t_ort}
+    print(f"\n| contender | texts/s | vs PyTorch | vs bare ORT | top-1 agreement with PyTorch |\n|---|---:|---:|---:|---:|")
+    print(f"| PyTorch transformers loop, batch {BATCH} by length, {THREADS} threads | {rates['pytorch']:.1f} | 1.00x | "
+          f"{rates['pytorch'] / rates['ort']:.2f}x | |")
+    print(f"| bare ORT loop, Helios's {helios['variant']} | {rates['ort']:.1f} | {rates['ort'] / rates['pytorch']:.2f}x | "
+          f"1.00x | {(p_ort == p_torch).mean():.4f} |")
+    print(f"| Helios infer stage ({helios['variant']}) | {rates['helios']:.1f} | {rates['helios'] / rates['pytorch']:.2f}x"
+          f" | {rates['helios'] / rates['ort']:.2f}x | {(p_helios == p_torch).mean():.4f} |")
+    print(f"\nhelios run wall {helios['wall_s']:.1f} s ({n / helios['wall_s']:.1f} texts/s whole run); "
+          f"stages {helios['stages']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -251,12 +356,14 @@ def main() -> None:
     image.add_argument("--n", type=int, default=2000)
     text = sub.add_parser("text-accuracy")
     text.add_argument("--n", type=int, default=1000)
-    for p in (image, text):
+    speed = sub.add_parser("text-speed")
+    speed.add_argument("--n", type=int, default=5000)
+    for p in (image, text, speed):
         p.add_argument("--work", default="bench-hf-work")
         p.add_argument("--set", action="append", default=[], help="key=value handed to `helios run --set` (repeatable)")
     args = parser.parse_args()
     args.set = [a for kv in args.set for a in ("--set", kv)]
-    (bench_image if args.cmd == "image" else bench_text_accuracy)(args)
+    {"image": bench_image, "text-accuracy": bench_text_accuracy, "text-speed": bench_text_speed}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""Where the scan-and-infer stage runs: here as a subflow, or on the GPU work pool as a run of its deployment.
+"""Where the model is built and run: here (the infer stage as a subflow), or on the GPU work pool.
 
 With ``infer.pool: gpu`` the pipeline takes a slot of the ``gpu`` global concurrency limit, starts the
-``helios-infer/helios-infer-gpu`` deployment with ``run_deployment`` and waits for it. The GPU worker writes
-``predictions.parquet`` into the run directory and persists the flow's return value to the ``helios-results``
-local-file-system block; both live on the volume every worker mounts at the same path, so this process reads the
-InferResult back from the finished flow run's state.
+``helios-infer/helios-infer-gpu`` deployment (``flows/gpu_stages.py``) with ``run_deployment`` and waits for it. The
+GPU worker prepares, optimizes and infers for its own hardware (``build_and_infer_on_gpu``), or only infers a
+registered version it is given (``run_infer_stage``); it writes the variants and ``predictions.parquet`` into the run
+directory and persists the flow's return value to the ``helios-results`` local-file-system block. Both live on the
+volume every worker mounts at the same path, so this process reads the GpuStagesResult back from the finished flow
+run's state.
 
 A GPU run that has not finished when the wait times out is cancelled before the slot is given back: a run the worker
 has not started is set Cancelled; a started one is set Cancelling, its worker stops the process and reports
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 
+from flows.gpu_stages import GpuStagesResult, ModelBuild
 from flows.infer import infer_flow
 from helios.errors import UsageError
 from flows.deployments import GPU_DEPLOYMENT, GPU_LIMIT
@@ -33,8 +36,8 @@ CANCEL_WAIT_S = 120.0  # how long a timed-out GPU run's worker gets to stop it a
 # CPU with copies in between, so a variant selected for its int8 speed on a CPU is the wrong one for a GPU.
 CPU_ONLY_VARIANTS = ("int8-dynamic", "int8-static")
 
-__all__ = ["GpuStageError", "cancel_flow_run", "gpu_parameters", "infer_result_of", "run_infer_stage",
-           "variant_for_pool"]
+__all__ = ["GpuStageError", "build_and_infer_on_gpu", "build_parameters", "cancel_flow_run", "gpu_parameters",
+           "gpu_result_of", "run_infer_stage", "variant_for_pool"]
 
 
 class GpuStageError(RuntimeError):
@@ -46,20 +49,29 @@ def run_infer_stage(cfg: InferConfig, model_ref: ModelRef, manifest_path: str, r
     """Infer the manifest: as a subflow on ``cfg.runner`` (pool ``local``) or on the GPU pool (pool ``gpu``).
 
     ``batch_size`` is this machine's recommendation (from the detect stage), used when ``cfg.batch_size`` is unset;
-    a GPU worker is another machine and recommends its own.
+    a GPU worker is another machine and recommends its own. The pipeline sends a model to the GPU pool this way only
+    for a registered version it was given (``models:/``); otherwise the worker builds its own
+    (``build_and_infer_on_gpu``).
     """
     if cfg.pool == "local":
         if batch_size and not cfg.batch_size:
             cfg = cfg.model_copy(update={"batch_size": batch_size})
         infer = infer_flow.with_options(task_runner=make_task_runner(cfg))
         return infer(cfg, model_ref, manifest_path, run_dir, profile)
-    return dispatch_to_gpu(gpu_parameters(cfg, model_ref, manifest_path, run_dir, profile), timeout_s)
+    return dispatch_to_gpu(gpu_parameters(cfg, model_ref, manifest_path, run_dir), timeout_s).infer
+
+
+def build_and_infer_on_gpu(cfg: InferConfig, build: ModelBuild, manifest_path: str, run_dir: str,
+                           timeout_s: float = GPU_TIMEOUT_S) -> GpuStagesResult:
+    """Prepare, optimize and infer on the GPU pool, for the GPU worker's own hardware (``flows/gpu_stages.py``)."""
+    return dispatch_to_gpu(build_parameters(cfg, build, manifest_path, run_dir), timeout_s)
 
 
 def variant_for_pool(optimized, pool: str):
     """The variant the infer stage runs: the selected one, except that the GPU pool never gets a CPU-only (int8)
-    variant selected on this CPU; it gets the lossless fp32 variant (ORT optimizes it for the CUDA EP when it opens
-    it). A reused int8 version with no fp32 beside it is sent as it is."""
+    variant; it gets the lossless fp32 variant (ORT optimizes it for the CUDA EP when it opens it). The pipeline
+    needs this only for a registered version (``models:/``) sent to the GPU pool: it builds nothing for the GPU
+    itself. A reused int8 version with no fp32 beside it is sent as it is, with a warning."""
     chosen = optimized.selected
     if pool != "gpu" or chosen.name not in CPU_ONLY_VARIANTS:
         return chosen
@@ -71,19 +83,27 @@ def variant_for_pool(optimized, pool: str):
     return fp32
 
 
-def gpu_parameters(cfg: InferConfig, model_ref: ModelRef, manifest_path: str, run_dir: str, profile: dict) -> dict:
-    """The deployment's JSON parameters: CUDA first (that is what the pool is for), no progress bar on a worker."""
+def gpu_parameters(cfg: InferConfig, model_ref: ModelRef, manifest_path: str, run_dir: str) -> dict:
+    """The deployment's JSON parameters to infer ``model_ref``: CUDA first (that is what the pool is for). The GPU
+    worker is another machine: it detects its own hardware (batch size, GPU metrics)."""
     providers = ("CUDAExecutionProvider", *(p for p in model_ref.providers if p != "CUDAExecutionProvider"))
-    return {
-        "cfg": cfg.model_copy(update={"pool": "local", "progress": False}).model_dump(mode="json"),
-        "model": model_ref.model_copy(update={"providers": providers}).model_dump(mode="json"),
-        "manifest_path": manifest_path, "run_dir": run_dir,
-        "profile": None,  # the GPU worker is another machine: it detects its own hardware (batch size, GPU metrics)
-    }
+    return {"cfg": worker_config(cfg), "model": model_ref.model_copy(update={"providers": providers}).model_dump(
+        mode="json"), "manifest_path": manifest_path, "run_dir": run_dir}
 
 
-def dispatch_to_gpu(parameters: dict, timeout_s: float) -> InferResult:
-    """Hold a ``gpu`` slot while the deployment runs; return its InferResult."""
+def build_parameters(cfg: InferConfig, build: ModelBuild, manifest_path: str, run_dir: str) -> dict:
+    """The deployment's JSON parameters to build the model on the worker, then infer with it."""
+    return {"cfg": worker_config(cfg), "build": build.model_dump(mode="json"), "manifest_path": manifest_path,
+            "run_dir": run_dir}
+
+
+def worker_config(cfg: InferConfig) -> dict:
+    """``cfg`` as the worker runs it: its infer stage is local there, with no progress bar."""
+    return cfg.model_copy(update={"pool": "local", "progress": False}).model_dump(mode="json")
+
+
+def dispatch_to_gpu(parameters: dict, timeout_s: float) -> GpuStagesResult:
+    """Hold a ``gpu`` slot while the deployment runs; return its GpuStagesResult."""
     from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError  # not re-exported by prefect.concurrency
     from prefect.concurrency.sync import concurrency
     from prefect.deployments import run_deployment
@@ -113,7 +133,7 @@ def dispatch_to_gpu(parameters: dict, timeout_s: float) -> InferResult:
     if timed_out and flow_run.state is not None and flow_run.state.is_cancelled():
         raise GpuStageError(f"GPU infer run {flow_run.name} ({flow_run.id}) gave no result in {timeout_s:.0f} s: "
                             "cancelled by the pipeline, then its GPU slot was released; its logs are in the Prefect UI")
-    return infer_result_of(flow_run, timeout_s)
+    return gpu_result_of(flow_run, timeout_s)
 
 
 def cancel_flow_run(flow_run_id, message: str, wait_s: float = CANCEL_WAIT_S):
@@ -138,8 +158,8 @@ def cancel_flow_run(flow_run_id, message: str, wait_s: float = CANCEL_WAIT_S):
         return run
 
 
-def infer_result_of(flow_run, timeout_s: float = GPU_TIMEOUT_S) -> InferResult:
-    """The InferResult of a finished GPU run, read from the result storage it was persisted to."""
+def gpu_result_of(flow_run, timeout_s: float = GPU_TIMEOUT_S) -> GpuStagesResult:
+    """The GpuStagesResult of a finished GPU run, read from the result storage it was persisted to."""
     from prefect.exceptions import MissingResult
 
     state, name = flow_run.state, f"{flow_run.name} ({flow_run.id})"
@@ -159,4 +179,4 @@ def infer_result_of(flow_run, timeout_s: float = GPU_TIMEOUT_S) -> InferResult:
     except (OSError, ValueError) as exc:
         raise GpuStageError(f"GPU infer run {name} persisted its result where this worker cannot read it ({exc}): "
                             "mount the shared volume at the same path on CPU and GPU workers") from exc
-    return value if isinstance(value, InferResult) else InferResult.model_validate(value)
+    return value if isinstance(value, GpuStagesResult) else GpuStagesResult.model_validate(value)

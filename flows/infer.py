@@ -1,7 +1,7 @@
 """The infer subflow: plan shards from the manifest, run them on the task runner, commit, merge.
 
-The pipeline flow picks the runner with ``infer_flow.with_options(task_runner=make_task_runner(cfg))``; the same
-flow is deployed as ``helios-infer-gpu``, so every parameter is JSON-serializable.
+The pipeline flow picks the runner with ``infer_flow.with_options(task_runner=make_task_runner(cfg))``; so does the
+GPU deployment's flow (``flows/gpu_stages.py``), which passes JSON parameters through, so every one is serializable.
 """
 from __future__ import annotations
 
@@ -187,8 +187,8 @@ def infer_flow(cfg: InferConfig, model: ModelRef, manifest_path: str, run_dir: s
                profile: dict | None = None) -> InferResult:
     """Infer every new or changed file of the manifest and write ``run_dir/predictions.parquet``.
 
-    ``profile`` is the HardwareProfile (as a dict) of the machine this runs on; None: detect it here (a GPU worker).
-    Started from a deployment (``helios-infer-gpu``), a model that runs code is refused unless this worker opted in.
+    ``profile`` is the HardwareProfile (as a dict) of the machine this runs on; None: detect it here. Run from a
+    deployment (``helios-infer-gpu``), a model that runs code is refused unless this worker opted in.
     """
     refuse_deployment_code(model)
     with system_memory_pool():  # peak memory follows the live data, not what mimalloc keeps after each phase

@@ -74,13 +74,14 @@ def run_optimize(adapter, sample: Path | None, out: Path, cfg: OptimizeConfig | 
 
 
 def optimize_in_run(cfg: OptimizeConfig, adapter, prepared, sample: list[Path], catalog: RunCatalog, profile, rec,
-                    truth: dict[str, str] | None, manifest_path: Path) -> OptimizeResult:
+                    truth: dict[str, str] | None, manifest_path: Path, out_dir: Path | None = None) -> OptimizeResult:
     """The pipeline's optimize stage, sized to the run (the scan's item count) and told which variants are known to
-    miss the quality budget here (the work directory's record, updated with this run's misses)."""
+    miss the quality budget here (the work directory's record, updated with this run's misses). The variants go to
+    ``out_dir`` (default: the run's model folder; the GPU worker's own folder with ``infer.pool=gpu``)."""
     from tasks.optimize.task import optimize_stage
 
     record = catalog.optimize_failures
-    result = optimize_stage(cfg, adapter, prepared, sample, catalog.model_dir, profile, rec, truth,
+    result = optimize_stage(cfg, adapter, prepared, sample, out_dir or catalog.model_dir, profile, rec, truth,
                             run_items=run_size(manifest_path), known=read_known(record))
     remember_failures(record, result, adapter.name, cfg)
     return result

@@ -10,7 +10,8 @@ from prefect import flow, get_run_logger
 
 from flows.config import PipelineConfig
 from flows.deployments import check_deployment_parameters, running_deployment_id
-from flows.dispatch import run_infer_stage, variant_for_pool
+from flows.dispatch import build_and_infer_on_gpu, run_infer_stage, variant_for_pool
+from flows.gpu_stages import GpuStagesResult, ModelBuild, shared_model
 from flows.inputs import decodable_root, manifest_sample, resolve_input, table_spec
 from flows.predictions import read_predictions, save_predictions
 from flows.lineage import RunInputs
@@ -18,6 +19,7 @@ from flows.logs import configure_logging, set_log_context
 from flows.optimize import optimize_in_run
 from flows.run_metrics import publish_failure, publish_run, run_drift
 from flows.review_traces import review_tracer
+from flows.refine_infer import refine_context
 from flows.reuse import ReusedModel, class_champion, is_model_uri, registered_model, source_key
 from flows.tracking import PendingTracker, Tracker, default_tracking_uri, start_tracking, track_run
 from helios.catalog import RunCatalog
@@ -27,8 +29,9 @@ from helios.redact import redact, redact_uri
 from tasks.detect.task import detect_stage
 from tasks.infer.model_ref import ModelRef, make_model_ref
 from tasks.infer.task import scan_stage
+from tasks.optimize.result import OptimizeResult
+from tasks.prepare.core import PreparedModel
 from tasks.prepare.task import prepare_stage
-from tasks.refine.context import RefineContext
 from tasks.refine.task import refine_stage
 from tasks.report.accuracy import corruption_errors, group_accuracy, stage_accuracy
 from tasks.report.costs import run_costs
@@ -46,13 +49,15 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         run = open_run(config, catalog, tracking)
         profile, rec = run.clock.lap("detect", detect_stage(run.input_root))
         scan = scan_stage(run.input_root, str(catalog.run_dir), table_spec(config, run.adapter.modality))
-        prepared, optimized = prepare_and_optimize(run, scan.manifest_path, profile, rec, tracking)
-        model_ref = selected_model(run.model, optimized, rec.intra_op_threads, config.infer.pool)
-        inferred = run.clock.lap("infer", run_infer_stage(config.infer, model_ref, str(scan.manifest_path),
-                                                          str(catalog.run_dir), profile.to_dict(), rec.batch_size))
+        if run.builds_on_gpu:  # prepare + optimize + infer on the GPU worker, for its own hardware
+            prepared, optimized, inferred = build_on_gpu(run, scan.manifest_path, tracking)
+        else:
+            prepared, optimized = prepare_and_optimize(run, scan.manifest_path, profile, rec, tracking)
+            model_ref = selected_model(run.model, optimized, rec.intra_op_threads, config.infer.pool)
+            inferred = run.clock.lap("infer", run_infer_stage(config.infer, model_ref, str(scan.manifest_path),
+                                                              str(catalog.run_dir), profile.to_dict(), rec.batch_size))
         files_root = run.files_root(inferred)
-        refiner = RefineContext(config.refine, run.adapter, Path(optimized.selected.path), catalog.refine_dir,
-                                tuple(optimized.selected.providers), rec.intra_op_threads)
+        refiner = refine_context(run, Path(optimized.selected.path), run.local_providers(optimized, rec), rec, profile)
         predictions, refined = run.clock.lap("refine", refine_stage(refiner, run.predictions(inferred),
                                                                     Path(files_root), run.truth))
         predictions, reviewed = run.clock.lap("review", review_stage(
@@ -88,6 +93,15 @@ class Stopwatch:
         self._t = now
         return value
 
+    def split(self, measured: dict[str, float], rest: str, value=None):
+        """Record stages timed elsewhere (``measured``: the GPU worker's seconds) and the rest of the time since the
+        last lap (dispatch, waiting for a slot, the worker's start) under ``rest``; return ``value``."""
+        now = time.perf_counter()
+        self.stages.update({name: round(seconds, 3) for name, seconds in measured.items()})
+        self.stages[rest] = round(max(now - self._t - sum(measured.values()), 0.0), 3)
+        self._t = now
+        return value
+
 
 @dataclass
 class OpenRun:
@@ -105,6 +119,17 @@ class OpenRun:
     reused: ReusedModel | None = None  # the registered version this run uses instead of preparing and optimizing
     source_key: str | None = None  # what a champion registered by this run is optimized from (flows/reuse.py)
     sample: tuple[str, ...] = ()  # the files prepare and optimize measure on, relative to the input root
+    gpu: GpuStagesResult | None = None  # what the GPU worker built and inferred (infer.pool=gpu)
+
+    @property
+    def builds_on_gpu(self) -> bool:
+        """infer.pool=gpu: the GPU worker prepares and optimizes for its own hardware (a registered version this
+        run was given is sent as it is)."""
+        return self.config.infer.pool == "gpu" and self.reused is None
+
+    def local_providers(self, optimized, rec) -> tuple[str, ...]:
+        """The providers this machine runs the selected variant on (refine): its own when the GPU worker chose."""
+        return tuple(rec.providers if self.gpu else optimized.selected.providers)
 
     def local_sample(self, manifest_path: Path, n: int) -> list[Path]:
         """Up to ``n`` input files spread over the manifest, as local paths (remote ones copied once)."""
@@ -159,8 +184,8 @@ def prepare_and_optimize(run: OpenRun, manifest_path: Path, profile, rec, tracki
     config, catalog = run.config, run.catalog
     if run.reused is None and config.tracking.enabled and config.optimize.reuse_champion:
         tracking.result()
-        run.reused = class_champion(config, profile.hardware_class, tracking_uri(config, catalog), catalog.model_dir,
-                                    run.source_key)
+        run.reused = class_champion(config.model.name, profile.hardware_class, tracking_uri(config, catalog),
+                                    catalog.model_dir, run.source_key)
     if run.reused is not None:
         prepared = run.clock.lap("prepare", run.reused.prepared())
         return prepared, run.clock.lap("optimize", run.reused.optimized(catalog.model_dir, config.optimize.min_gain))
@@ -169,6 +194,30 @@ def prepare_and_optimize(run: OpenRun, manifest_path: Path, profile, rec, tracki
                                                       rec.providers, rec.intra_op_threads))
     return prepared, run.clock.lap("optimize", optimize_in_run(config.optimize, run.adapter, prepared, sample,
                                                                catalog, profile, rec, run.truth, manifest_path))
+
+
+def build_on_gpu(run: OpenRun, manifest_path: Path, tracking: PendingTracker):
+    """(prepared, optimized, inferred) from the GPU deployment, which detects its own hardware, reuses its class's
+    champion or prepares and optimizes for it, and infers: nothing is built here, so no variant selected on this
+    machine reaches a GPU. The worker reads the sample, writes ``model-gpu/`` and looks up champions in this run's
+    MLflow store (all on the shared volume, or the tracking server)."""
+    config, catalog = run.config, run.catalog
+    sample = run.local_sample(manifest_path, max(config.optimize.eval_samples, config.prepare.parity_samples))
+    reuse = config.tracking.enabled and config.optimize.reuse_champion
+    if reuse:
+        tracking.result()  # the local store may be being created by the run's own tracking start: wait for it
+    truth = {rel: run.truth[rel] for rel in run.sample if rel in run.truth} if run.truth else None
+    build = ModelBuild(model=shared_model(run.model), prepare=config.prepare, optimize=config.optimize,
+                       sample=tuple(str(p.resolve()) for p in sample), truth=truth,
+                       model_dir=str(catalog.gpu_model_dir), source_key=run.source_key,
+                       tracking_uri=tracking_uri(config, catalog) if reuse else None)
+    run.gpu = gpu = build_and_infer_on_gpu(config.infer, build, str(manifest_path), str(catalog.run_dir))
+    if gpu.reused:
+        run.sample = ()  # the worker reused a champion: nothing was measured on the sample
+    prepared = PreparedModel(Path(gpu.prepared["onnx_path"]), gpu.prepared["exported"], gpu.prepared["parity"])
+    optimized = OptimizeResult.from_dict(gpu.optimized, Path(gpu.optimize_json))
+    seconds = {name: gpu.stages[name] for name in ("prepare", "optimize")}
+    return prepared, optimized, run.clock.split(seconds, "infer", gpu.infer)
 
 
 def tracking_uri(config: PipelineConfig, catalog: RunCatalog) -> str:
@@ -205,6 +254,17 @@ def selected_model(model: ModelConfig, optimized, threads: int, pool: str = "loc
     return make_model_ref(model, chosen.path, chosen.name, tuple(chosen.providers), threads)
 
 
+def model_summary(run: OpenRun, prepared, optimized, hardware_class: str) -> dict:
+    """report.json's model section: which variant was selected on which hardware class (the GPU worker's with
+    infer.pool=gpu), which one the infer stage ran, and the registered version reused, if any."""
+    reused = run.reused.describe() if run.reused else (run.gpu.reused if run.gpu else None)
+    infer_variant = optimized.selected if run.gpu else variant_for_pool(optimized, run.config.infer.pool)
+    return {"name": run.adapter.name, "variant": optimized.selected.name, "parity": prepared.parity,
+            "source_key": run.source_key, **({"reused": reused} if reused else {}),
+            "hardware_class": run.gpu.hardware_class if run.gpu else hardware_class,
+            "infer_variant": infer_variant.name}
+
+
 def summarize(run: OpenRun, predictions: pd.DataFrame, hardware, prepared, optimized, inferred, later,
               tracking: PendingTracker) -> RunSummary:
     """The run's RunSummary: what each stage measured, accuracy after each stage, where it is tracked."""
@@ -219,14 +279,14 @@ def summarize(run: OpenRun, predictions: pd.DataFrame, hardware, prepared, optim
     return RunSummary(
         hardware=profile.to_dict(), recommendation=rec.to_dict(), config=redact(run.config.model_dump(mode="json")),
         input=redact_uri(run.input_root), labels=redact_uri(run.labels_csv),
-        model={"name": run.adapter.name, "variant": optimized.selected.name, "parity": prepared.parity,
-               "source_key": run.source_key, **({"reused": run.reused.describe()} if run.reused else {}),
-               "infer_variant": variant_for_pool(optimized, run.config.infer.pool).name},
+        model=model_summary(run, prepared, optimized, profile.hardware_class),
         counts=inferred.counts, stages=dict(run.clock.stages), variants=[v.to_dict() for v in optimized.variants],
         throughput=inferred.throughput, files_per_s=inferred.files_per_s,
         accuracy=accuracy, per_group=per_group, refine=refined, review=reviewed,
         mlflow={"tracking_uri": redact_uri(tracker.tracking_uri), "run_id": tracker.run_id}, prefect=tracking.prefect,
-        drift=run_drift(run.catalog, predictions, accuracy, refined), costs=costs, outputs=inferred.outputs)
+        drift=run_drift(run.catalog, predictions, accuracy, refined), costs=costs, outputs=inferred.outputs,
+        worker=({"hardware": run.gpu.hardware, "recommendation": run.gpu.recommendation, "stages": run.gpu.stages}
+                if run.gpu else {}))
 
 
 def finish_report(catalog: RunCatalog, stages: dict[str, float]) -> dict[str, float]:

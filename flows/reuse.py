@@ -89,11 +89,18 @@ class ReusedModel:
         return result
 
 
+# Bump when an export's outputs or graph change for the same model and settings (2: Hugging Face classifiers export
+# their head's input features as ``embeddings`` beside ``logits``).
+EXPORT_VERSION = 2
+
+
 def source_key(config) -> str:
     """A hash of what a champion is optimized from: the model settings (with the bytes of a model file, checkpoint
-    or model directory) and the prepare and optimize settings."""
+    or model directory), the prepare and optimize settings, and ``EXPORT_VERSION`` (what Helios's export of a model
+    holds: a champion exported before it changed is not reused)."""
     sections = {name: getattr(config, name).model_dump(mode="json", exclude=NOT_IN_KEY.get(name, set()))
                 for name in ("model", "prepare", "optimize")}
+    sections["export"] = EXPORT_VERSION
     digest = hashlib.sha256(json.dumps(sections, sort_keys=True).encode())
     for name in (config.model.name, config.model.checkpoint):
         if name and name not in BUILT_IN and Path(name).exists():
@@ -125,17 +132,19 @@ def registered_model(name: str, tracking_uri: str, dest: Path) -> ReusedModel:
     return download_version(client, registered, str(found.version), f"model URI {name}", tracking_uri, dest)
 
 
-def class_champion(config, hardware_class: str, tracking_uri: str, dest: Path, key: str) -> ReusedModel | None:
-    """This class's champion when it was optimized from the same model and settings (``key``), else None."""
+def class_champion(model_name: str, hardware_class: str, tracking_uri: str, dest: Path, key: str) -> ReusedModel | None:
+    """This class's champion of ``model_name`` when it was optimized from the same model and settings (``key``),
+    else None. The caller decides whether to look (``optimize.reuse_champion``): the pipeline for its own class, the
+    GPU deployment's flow for the worker's."""
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from flows.tags import TAG_SOURCE_KEY
     from flows.tracking_models import class_alias_of, registry_name
 
-    if not config.optimize.reuse_champion or not store_exists(tracking_uri):
+    if not store_exists(tracking_uri):
         return None
-    client, registered = MlflowClient(tracking_uri), registry_name(config.model.name)
+    client, registered = MlflowClient(tracking_uri), registry_name(model_name)
     alias = class_alias_of(hardware_class)
     try:
         found = client.get_model_version_by_alias(registered, alias)

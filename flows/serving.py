@@ -46,7 +46,9 @@ class HeliosModel(PythonModel):
                                     optimized=saved_optimized_for(onnx_path, providers),
                                     spin=bool(settings.get("spin", False))).session
         names = {o.name for o in self.session.get_outputs()}
-        self.outputs = [n for n in ("logits", "embeddings") if n in names] or [self.session.get_outputs()[0].name]
+        # Classifiers' graphs carry embeddings too (infer.outputs); the served columns are the label's: skip them.
+        wanted = ("logits", "embeddings") if self.adapter.task == "embedder" else ("logits",)
+        self.outputs = [n for n in wanted if n in names] or [self.session.get_outputs()[0].name]
         self.batch_size = int(settings.get("batch_size", 32))
         # The server runs requests in threads: one session run at a time uses every core (the intra-op threads);
         # more at once only oversubscribe them. Decoding the next request overlaps the run.

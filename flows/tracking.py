@@ -220,7 +220,7 @@ def track_run(tracker: Tracker, summary, optimized, catalog, inputs=None) -> Non
     from helios.models.config import ModelConfig
     from tasks.review.core import review_metrics
 
-    hw_class = summary.hardware_class
+    hw_class = summary.model_class  # the GPU worker's with infer.pool=gpu: its champion-<class> is registered
     tracker.tags({TAG_VARIANT: summary.model["variant"], TAG_HARDWARE_CLASS: hw_class})
     tracker.params({"hardware": {"class": hw_class, "cpu": summary.hardware.get("cpu", {}).get("model")}})
     tracker.metrics({

@@ -63,8 +63,19 @@ class RunCatalog:
         return self.run_dir / "model"
 
     @property
+    def gpu_model_dir(self) -> Path:
+        """With ``infer.pool=gpu``: the variants the GPU worker builds and selects for its own hardware."""
+        return self.run_dir / "model-gpu"
+
+    @property
     def refine_dir(self) -> Path:
         return self.model_dir / "refine"
+
+    @property
+    def refine_infer(self) -> Path:
+        """The refine stage's re-inference with adapted models: a run directory of its own (manifest subset, shards,
+        index), so its results never mix with the infer stage's."""
+        return self.run_dir / "refine-infer"
 
     @property
     def input_copies(self) -> Path:

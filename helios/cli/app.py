@@ -48,12 +48,15 @@ def run(
     flags = {"input": input, "model.name": model, "out": out_dir, "labels": labels, "infer.full": full or None,
              "infer.runner": runner, "infer.runner_address": ray_address or dask_address,
              "infer.metrics_port": metrics_port, "infer.pushgateway": pushgateway, "infer.progress": True}
+    from helios.cli.warm import ServerWarmup
+
+    warmup = ServerWarmup()  # Prefect's temporary server starts while the model loads
     try:
         cfg = load_config(config, set_, flags)
-        preflight(cfg)
+        preflight(cfg, warmup.start)
     except UsageError as exc:
         fail(str(exc))
-    run_pipeline(cfg, out, fail)
+    run_pipeline(cfg, out, fail, warmup.wait)
 
 
 @app.command()

@@ -2,19 +2,20 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Callable
 
 from rich.console import Console
 
 from flows.config import PipelineConfig
+from helios.cli.warm import prefect_environment
 from helios.errors import UsageError
 from helios.redact import redact_uri
 
 
-def preflight(cfg: PipelineConfig) -> None:
-    """Checks that take milliseconds and catch most mistakes before Prefect and the models start."""
+def preflight(cfg: PipelineConfig, while_loading: Callable[[], None] = lambda: None) -> None:
+    """Checks that take milliseconds and catch most mistakes before Prefect and the models start; then the model is
+    loaded once (a bad model directory fails here), with ``while_loading`` called just before (helios/cli/warm.py)."""
     if cfg.input is not None:
         from flows.inputs import check_input
 
@@ -24,6 +25,7 @@ def preflight(cfg: PipelineConfig) -> None:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file: pass a directory for the run's results")
+    while_loading()
     from flows.reuse import check_store, is_model_uri, parse_model_uri
 
     if is_model_uri(cfg.model.name):  # a registered version: its store is read in the flow, once tracking is known
@@ -59,15 +61,16 @@ def quiet_shutdown_noise() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
-def run_pipeline(cfg: PipelineConfig, console: Console, fail: Callable[[str, int], None]) -> dict:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    # Prefect waits 20 s for its temporary server; a busy 2-core machine can need longer (set it yourself to change)
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+def run_pipeline(cfg: PipelineConfig, console: Console, fail: Callable[[str, int], None],
+                 server_ready: Callable[[], None] = lambda: None) -> dict:
+    """Run the flow and print where its results are; ``server_ready`` waits for a warming Prefect server."""
+    prefect_environment()
     quiet_shutdown_noise()
     from flows.pipeline import helios_pipeline
     from tasks.infer.scan import allow_malloc_tuning
 
     allow_malloc_tuning()  # this process is Helios's own: malloc may be tuned for the merge (tasks/infer/scan.py)
+    server_ready()
 
     try:
         result = helios_pipeline(cfg)

@@ -2,7 +2,7 @@
 
 An adapter gives the torch module (None for ONNX-only models), example inputs for export, ``preprocess(bytes)`` for one
 file, ``collate`` for a batch, and ``postprocess(logits)``. Every exported graph has a ``logits`` output; embedders
-(text) also output ``embeddings``. Nothing here imports Prefect or MLflow.
+(text) and Hugging Face classifiers also output ``embeddings``. Nothing here imports Prefect or MLflow.
 """
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ class ModelAdapter(ABC):
 
     @abstractmethod
     def torch_module(self):
-        """The torch.nn.Module in eval mode returning logits (and embeddings for embedders); None for ONNX files."""
+        """The torch.nn.Module in eval mode returning logits (and embeddings for embedders; Hugging Face classifiers
+        add them only while ``torch.onnx.export`` traces); None for ONNX files."""
 
     @abstractmethod
     def example_inputs(self, batch: int = 2) -> dict[str, np.ndarray]:

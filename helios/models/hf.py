@@ -3,6 +3,8 @@
 - ``*ForSequenceClassification`` -> text classifier: the directory's own head and ``id2label``, its tokenizer.
 - ``*ForImageClassification`` -> image classifier: its own head and ``id2label``, the preprocessing its
   ``preprocessor_config.json`` declares (``helios.models.hf_image``).
+  Both export ``logits`` and ``embeddings``: the pooled features the head's final linear layer receives, float32,
+  not normalized (``classifier_module``).
 - an encoder without a head (``*Model``) -> embedder: the zero-shot sentence model of ``helios.models.minilm``.
 
 ``model.labels`` may rename the classes; it must have the head's width. Loading is quiet: transformers' load
@@ -30,6 +32,7 @@ from helios.models.quiet import quiet_transformers
 
 log = logging.getLogger(__name__)
 TEXT_HEAD, IMAGE_HEAD = "ForSequenceClassification", "ForImageClassification"
+CLASSIFIER_OUTPUTS = ("logits", "embeddings")  # embeddings: the pooled features the head's last Linear sees
 SUPPORTED = ("*ForSequenceClassification (text classifier), *ForImageClassification (image classifier), "
              "or an encoder without a head (*Model, a zero-shot embedder)")
 _REPORTED: set[str] = set()  # directories whose unused weights were already logged (torch_module runs per stage)
@@ -93,20 +96,60 @@ def load_pretrained(auto_class, model_dir: Path):
     return model.eval()
 
 
-def logits_module(model):
-    """A module whose forward takes the adapter's inputs positionally and returns the logits tensor alone."""
+def head_linear(model):
+    """The head's final projection: the model's last ``nn.Linear``, when it has the labels' width; else None."""
     from torch import nn
 
-    class Logits(nn.Module):
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    return last if last is not None and last.out_features == model.config.num_labels else None
+
+
+def classifier_module(model, model_dir: Path):
+    """A module whose forward takes the adapter's inputs positionally and returns the logits tensor; while
+    ``torch.onnx.export`` traces it, ``(logits, embeddings)``. Refine, parity and tent call it eagerly and want
+    the logits alone; the exported graph carries both outputs (CLASSIFIER_OUTPUTS).
+
+    ``embeddings`` are what the head's final ``nn.Linear`` receives (BERT: the pooler output; ViT: the
+    layernormed CLS token; ResNet/ConvNeXT: the pooled features), float32 and not normalized, captured by a
+    forward pre-hook that exists only while the export traces."""
+    import torch
+    from torch import nn
+
+    if head_linear(model) is None:
+        raise UsageError(f"{model_dir}: {type(model).__name__}'s head does not end in an nn.Linear of its "
+                         f"{model.config.num_labels} labels' width, so Helios cannot export its pooled features: "
+                         "use a classifier whose head ends in a linear layer (BERT, RoBERTa, ViT, ResNet ...)")
+
+    class Classifier(nn.Module):
         def __init__(self, inner, names):
             super().__init__()
             self.model, self.names = inner, names
 
         def forward(self, *inputs):
-            return self.model(**dict(zip(self.names, inputs))).logits
+            if not torch.onnx.is_in_onnx_export():
+                return self.model(**dict(zip(self.names, inputs))).logits
+            return self.logits_and_features(*inputs)
+
+        def logits_and_features(self, *inputs):
+            """(logits, the input of the head's final Linear as float32 (batch, dim))."""
+            seen = []
+            handle = head_linear(self.model).register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+            try:
+                logits = self.model(**dict(zip(self.names, inputs))).logits
+            finally:
+                handle.remove()
+            features = seen[-1]
+            if features.dim() != 2 or features.shape[0] != logits.shape[0]:
+                raise UsageError(f"{model_dir}: the head of {type(self.model).__name__} sees features of shape "
+                                 f"{tuple(features.shape)}, not one vector per input: it has no pooled features "
+                                 "to export as embeddings")
+            return logits, features.float()
 
     names = ("pixel_values",) if model.main_input_name == "pixel_values" else ("input_ids", "attention_mask")
-    return Logits(model, names).eval()
+    return Classifier(model, names).eval()
 
 
 def text_max_length(model_dir: Path, config: dict) -> int:
@@ -134,7 +177,8 @@ class HfTextClassifier(ModelAdapter):
     def torch_module(self):
         from transformers import AutoModelForSequenceClassification
 
-        return logits_module(load_pretrained(AutoModelForSequenceClassification, self.model_dir))
+        return classifier_module(load_pretrained(AutoModelForSequenceClassification, self.model_dir),
+                                 self.model_dir)
 
     def tokenizer(self):
         """The directory's fast tokenizer, truncating at ``max_length`` and padding to the batch's longest."""
@@ -147,7 +191,7 @@ class HfTextClassifier(ModelAdapter):
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         return {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                "logits": {0: "batch"}}
+                "logits": {0: "batch"}, "embeddings": {0: "batch"}}
 
     def preprocess(self, data: bytes) -> Decoded:
         return decode_text(data)
@@ -179,13 +223,14 @@ class HfImageClassifier(ModelAdapter):
     def torch_module(self):
         from transformers import AutoModelForImageClassification
 
-        return logits_module(load_pretrained(AutoModelForImageClassification, self.model_dir))
+        return classifier_module(load_pretrained(AutoModelForImageClassification, self.model_dir),
+                                 self.model_dir)
 
     def example_inputs(self, batch: int = 2) -> dict[str, np.ndarray]:
         return {"pixel_values": np.zeros((batch, self.channels, *self.steps.output_size()), dtype=np.float32)}
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        return {"pixel_values": {0: "batch"}, "logits": {0: "batch"}}
+        return {"pixel_values": {0: "batch"}, "logits": {0: "batch"}, "embeddings": {0: "batch"}}
 
     def preprocess(self, data: bytes) -> Decoded:
         return Decoded(self.steps.apply(open_image(data, self.channels, self.max_pixels)))
@@ -205,7 +250,8 @@ def load_hf_model(model_dir: Path, cfg: ModelConfig) -> ModelAdapter:
             raise UsageError(str(exc)) from exc
     labels = class_labels(config, cfg.labels, model_dir)
     recipe = {"model": model_dir.name, "architecture": config["architectures"][0],
-              "weights_sha256_1mb": weights_digest(model_dir), "labels": list(labels)}
+              "weights_sha256_1mb": weights_digest(model_dir), "labels": list(labels),
+              "outputs": list(CLASSIFIER_OUTPUTS)}  # part of the recipe: earlier exports had logits alone
     if kind == "text-classifier":
         if not (model_dir / "tokenizer.json").is_file():
             raise UsageError(f"{model_dir} has no tokenizer.json: save the model's fast tokenizer with it "
@@ -213,7 +259,8 @@ def load_hf_model(model_dir: Path, cfg: ModelConfig) -> ModelAdapter:
         max_length = text_max_length(model_dir, config)
         return HfTextClassifier(
             name=model_dir.name, modality="text", task="classifier", labels=labels,
-            input_names=("input_ids", "attention_mask"), recipe={**recipe, "max_length": max_length},
+            input_names=("input_ids", "attention_mask"), output_names=CLASSIFIER_OUTPUTS,
+            recipe={**recipe, "max_length": max_length},
             model_dir=model_dir, max_length=max_length)
     channels = int(config.get("num_channels") or 3)
     if channels not in (1, 3):
@@ -222,5 +269,5 @@ def load_hf_model(model_dir: Path, cfg: ModelConfig) -> ModelAdapter:
     steps.output_size()  # a processor that leaves images at different sizes fails here, not mid-run
     return HfImageClassifier(
         name=model_dir.name, modality="image", task="classifier", labels=labels, input_names=("pixel_values",),
-        recipe={**recipe, "preprocessing": steps.to_dict()}, model_dir=model_dir, steps=steps, channels=channels,
-        max_pixels=cfg.max_image_pixels)
+        output_names=CLASSIFIER_OUTPUTS, recipe={**recipe, "preprocessing": steps.to_dict()}, model_dir=model_dir,
+        steps=steps, channels=channels, max_pixels=cfg.max_image_pixels)

@@ -26,7 +26,8 @@ class InferConfig(StageConfig):
     pushgateway: str | None = Field(None, description="Push metrics to this Pushgateway URL at the end.")
     workers: int | None = Field(None, ge=1, description="Shards in flight at once (local threads, Ray/Dask workers).")
     progress: bool = Field(False, description="Show a rich progress bar (the CLI turns this on).")
-    pool: Literal["local", "gpu"] = Field("local", description="gpu: dispatch to the helios-infer-gpu deployment.")
+    pool: Literal["local", "gpu"] = Field("local", description="gpu: prepare, optimize and infer on the "
+                                                               "helios-infer-gpu deployment (its own hardware).")
     column: str | None = Field(None, description="Tables in the input (Parquet, CSV, JSONL): the column each row's "
                                                  "item is in (text, image bytes, or image paths relative to the table).")
     id_column: str | None = Field(None, description="Tables: a column of unique row ids (the rows' path); None: "

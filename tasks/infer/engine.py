@@ -53,10 +53,10 @@ class Engine:
     _slots: dict = field(default_factory=dict, repr=False)
 
     def run(self, feeds: dict[str, np.ndarray], extra: tuple[str, ...] = ()):
-        """Logits for one batch; with ``extra`` output names, (logits, *those outputs)."""
-        if not extra:
-            return self.session.session.run([self.logits_name], feeds)[0]
-        return tuple(self.session.session.run([self.logits_name, *extra], feeds))
+        """Logits for one batch; with ``extra`` output names, (logits, *those outputs). A session with CUDA first
+        runs through IO binding (``tasks.session.run_bound``); any other exactly as before."""
+        outputs = self.session.run(feeds, [self.logits_name, *extra])
+        return tuple(outputs) if extra else outputs[0]
 
     def output_names(self) -> tuple[str, ...]:
         return tuple(o.name for o in self.session.session.get_outputs())
@@ -162,3 +162,13 @@ def get_engine(ref: ModelRef) -> Engine:
             LOADS["count"] += 1
             log.info("loaded %s (%s) in process %d", ref.model.name, ref.variant, os.getpid())
         return engine
+
+
+def release_engines(identity: str) -> int:
+    """Drop this process's engines of a model identity (a model that will not run again here, e.g. one of refine's
+    adapted models); their sessions and memory go with them. Returns how many were dropped."""
+    with _LOCK:
+        keys = [key for key in _ENGINES if key[0] == identity]
+        for key in keys:
+            del _ENGINES[key]
+    return len(keys)

@@ -48,6 +48,19 @@ class VariantReport:
             "throughput_by_batch": {str(k): v for k, v in self.throughput_by_batch.items()}, "error": self.error,
         }
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VariantReport:
+        """Rebuild from ``to_dict()`` (a GPU worker's result read back by the pipeline)."""
+        task = "embedder" if "label_agreement" in data else "classifier"  # the quality keys to_dict wrote
+        agreement = data.get("label_agreement", data.get("agreement"))
+        return cls(data["name"], Path(data["path"]), task, data["size_bytes"], data["latency_p50_ms"],
+                   data["latency_p95_ms"], data["latency_p99_ms"], data["throughput_per_s"], data["best_batch"],
+                   data["peak_mem_mb"], agreement=agreement, cosine=data.get("cosine"),
+                   min_cosine=data.get("min_cosine"), accuracy=data.get("accuracy"),
+                   providers=tuple(data["providers"]), requested_providers=tuple(data["requested_providers"]),
+                   fell_back=data["fell_back"], selected=data["selected"], reason=data["reason"], error=data["error"],
+                   throughput_by_batch={int(k): v for k, v in data["throughput_by_batch"].items()})
+
 
 @dataclass(frozen=True)
 class OptimizeResult:
@@ -62,3 +75,12 @@ class OptimizeResult:
     def to_dict(self) -> dict[str, Any]:
         return {"selected": self.selected.name, "reason": self.selected.reason,
                 "variants": [v.to_dict() for v in self.variants], "skipped": dict(self.skipped), **self.context}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], table_path: Path) -> OptimizeResult:
+        """Rebuild from ``to_dict()``: what ``optimize.json`` at ``table_path`` holds."""
+        own = {"selected", "reason", "variants", "skipped"}
+        variants = [VariantReport.from_dict(v) for v in data["variants"]]
+        selected = next(v for v in variants if v.selected)
+        return cls(selected, variants, Path(table_path), dict(data.get("skipped") or {}),
+                   {k: v for k, v in data.items() if k not in own})

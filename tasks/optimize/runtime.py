@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.session import CUDA_EP, ProviderFallback, Session, disabled_optimizers, open_session
+from tasks.session import CUDA_EP, ProviderFallback, Session, disabled_optimizers, open_session, run_bound
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +44,8 @@ class Runner:
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         if not self.io_binding:
-            return self.handle.run(feeds)
-        sess = self.handle.session
-        binding = sess.io_binding()
-        for name, value in feeds.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        for out in sess.get_outputs():
-            binding.bind_output(out.name, "cuda", 0)
-        sess.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()
+            return self.handle.session.run(None, feeds)
+        return run_bound(self.handle.session, feeds)
 
 
 def open_runner(path: Path, providers: tuple[str, ...], intra_op_threads: int, inter_op_threads: int = 1,

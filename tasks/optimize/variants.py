@@ -35,6 +35,10 @@ def plan_variants(cfg: OptimizeConfig, adapter: ModelAdapter, profile, recommend
     for name in cfg.variants:
         if name == "fp32-fused" and transformer_spec(adapter) is None:
             skipped[name] = "not a transformer: no Hugging Face config with attention heads to fuse"
+        elif name == "int8-static" and transformer_spec(adapter) is not None and "variants" not in cfg.model_fields_set:
+            skipped[name] = ("not built for a transformer unless optimize.variants names it: ONNX Runtime recommends "
+                             "dynamic quantization for transformers (static activation scales clip their outliers: "
+                             "mean cosine 0.936 on minilm, outside the budget)")
         elif name == "fp16" and not on_gpu:
             skipped[name] = ("fp16 only when the hardware profile has a GPU with the CUDA EP: ORT has no fast fp16 "
                              "CPU kernels" if not profile.has_gpu else

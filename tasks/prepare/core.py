@@ -47,7 +47,8 @@ def prepare_model(cfg: PrepareConfig, adapter: ModelAdapter, sample_paths: list[
             raise ParityError(f"{adapter.onnx_path} produced non-finite outputs or a width other than "
                               f"{len(adapter.labels)} labels on real inputs: check the model and model.labels")
         return PreparedModel(path, exported=False, parity={"samples": sum(len(o) for o in outputs), "validated": True})
-    path = export_onnx(adapter, out_dir, cfg.opset)
-    parity = measure_parity(adapter, open_session(path, ("CPUExecutionProvider",), threads), feeds)
+    module = adapter.torch_module()  # built once (seconds for a transformer): exported, then compared against
+    path = export_onnx(adapter, out_dir, cfg.opset, module)
+    parity = measure_parity(adapter, open_session(path, ("CPUExecutionProvider",), threads), feeds, module)
     check_parity(parity, cfg, adapter.task)
     return PreparedModel(path, exported=True, parity=parity.to_dict())

@@ -16,14 +16,15 @@ def write_recipe(onnx_path: Path, recipe: dict) -> Path:
     return path
 
 
-def export_onnx(adapter: ModelAdapter, out_dir: Path, opset: int) -> Path:
-    """``adapter -> out_dir/model.onnx`` via torch's TorchScript exporter (stable dynamic axes, no onnxscript rewrite)."""
+def export_onnx(adapter: ModelAdapter, out_dir: Path, opset: int, module=None) -> Path:
+    """``adapter -> out_dir/model.onnx`` via torch's TorchScript exporter (stable dynamic axes, no onnxscript rewrite);
+    ``module``: the adapter's torch module when the caller already built it (export leaves it unchanged)."""
     import onnx
     import torch
 
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "model.onnx"
-    module = adapter.torch_module()
+    module = adapter.torch_module() if module is None else module
     example = tuple(torch.from_numpy(v) for v in adapter.example_inputs().values())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings are about torch internals, not the user

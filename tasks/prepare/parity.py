@@ -28,11 +28,12 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
 
 
-def measure_parity(adapter: ModelAdapter, session, batches: list[dict[str, np.ndarray]]) -> Parity:
-    """Run torch and ONNX Runtime on the same batches and compare logits (and embeddings for embedders)."""
+def measure_parity(adapter: ModelAdapter, session, batches: list[dict[str, np.ndarray]], module=None) -> Parity:
+    """Run torch and ONNX Runtime on the same batches and compare logits (and embeddings for embedders);
+    ``module``: the adapter's torch module when the caller already built it."""
     import torch
 
-    module = adapter.torch_module()
+    module = adapter.torch_module() if module is None else module
     diffs, agree, cosines, n = [], 0, [], 0
     for feeds in batches:
         with torch.no_grad():

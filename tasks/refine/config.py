@@ -22,6 +22,12 @@ class RefineConfig(StageConfig):
     batch_size: int = Field(256, ge=1, description="Items per forward pass (compute only: results do not depend on it).")
     adapt_max_items: int = Field(2048, ge=1, description="BN-adapt and TENT learn from at most this many items "
                                  "(a class-mixed sample); every item is still answered.")
+    adapt_max_mb: int = Field(256, ge=1, description="... and at most this many MB of model-ready inputs (the sample "
+                              "is held in memory: 224x224 RGB float32 -> about 445 items).")
+    reuse_adaptation: bool = Field(True, description="Reruns with the same source model and settings reuse the kept "
+                                   "adaptation (no torch work) and answer new files with it; false adapts again.")
+    readapt_share: float = Field(0.2, ge=0, le=1, description="Advise adapting again when more than this share of "
+                                 "the files were not in the set the kept adaptation learned from.")
     ttt_min_routed_share: float = Field(0.05, ge=0, le=1, description="TTT adapts a set with at least this share of "
                                         "items below the threshold ...")
     ttt_min_shift: float = Field(0.05, ge=0, description="... or whose BN statistics moved at least this much "

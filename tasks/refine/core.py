@@ -1,61 +1,58 @@
 """The refine stage's entry: read the scanned files again, refine the unsure ones, add columns and a report section.
 
-``refine_predictions`` works on the infer stage's frame; ``refine_arrays`` on a model-ready batch (what the
-evaluation scripts call), where it chooses to refine the items as one set or, for a clear mixture, as two groups.
+``refine_predictions`` works on the infer stage's frame, reading files as it needs them (``tasks.refine.stream``:
+a bounded sample for adaptation, chunks for re-inference and TTA) and keeping what reruns can reuse
+(``tasks.refine.memo``); ``refine_arrays`` on a model-ready batch (what the evaluation scripts call), where it
+chooses to refine the items as one set or, for a clear mixture, as two groups.
 Pure core: no Prefect or MLflow. ``truth`` (path -> label) only feeds the accuracy figures, never adaptation.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from helios.models.base import ModelAdapter
-from helios.samples import decode_files
-from tasks.refine import mixture
+from tasks.refine import memo, mixture
 from tasks.refine.context import RefineContext
+from tasks.refine.items import Items, capped_batch
 from tasks.refine.plan import Plan, plan_methods
 from tasks.refine.rounds import refine_set
 from tasks.refine.state import Ledger, Outcome
+from tasks.refine.stream import content_keys, open_files
 
 ADDED = ("ttt_label", "ttt_confidence", "tta_label", "tta_confidence", "refined_label", "refined_confidence",
          "refine_method")
 
 
-def refine_arrays(ctx: RefineContext, x: np.ndarray, label: np.ndarray, confidence: np.ndarray,
+def refine_arrays(ctx: RefineContext, x: np.ndarray | Items, label: np.ndarray, confidence: np.ndarray,
                   truth: np.ndarray | None = None, plan: Plan | None = None) -> Outcome:
-    """Refine items given as a model-ready batch ``x`` with the infer stage's label indices and confidences.
+    """Refine items given as a model-ready batch ``x`` (or as ``Items``) with the infer stage's label indices and
+    confidences.
 
     ``truth`` (label indices, -1 unknown) is used only for the accuracy figures of the report. ``plan`` is
     ``plan_methods``'s answer when the caller already asked (it loads the torch module). When the model can be
     adapted, a set that mixes files like the training data with strongly shifted ones is refined as two sets
     (``tasks.refine.mixture``); any other set as one.
     """
+    items = x if isinstance(x, Items) else Items.of_array(x)
     n = len(label)
     if n and plan is None:
         plan = plan_methods(ctx.cfg, ctx.adapter)
+    batch = capped_batch(ctx.cfg.batch_size, items.item_bytes)
+    if batch < ctx.cfg.batch_size:  # large inputs: fewer per forward pass (answers do not depend on it)
+        ctx = dataclasses.replace(ctx, cfg=ctx.cfg.model_copy(update={"batch_size": batch}))
     ledger, facts = Ledger(n, truth), None
     if n and plan.ttt_reason is None:
-        shifted, facts = mixture.check(ctx, plan, x, ledger)
+        shifted, facts = mixture.check(ctx, plan, items, ledger)
         if shifted is not None:
-            return mixture.refine_groups(ctx, x, label, confidence, plan, ledger, shifted, facts)
-    out = refine_set(ctx, x, label, confidence, plan, ledger)
+            return mixture.refine_groups(ctx, items, label, confidence, plan, ledger, shifted, facts)
+    out = refine_set(ctx, items, label, confidence, plan, ledger)
     if facts is not None:
         out.summary["mixture"] = facts
     return out
-
-
-def _load(adapter: ModelAdapter, input_root: Path, paths: list[str], batch_size: int):
-    """Model-ready inputs of the files that still decode, their positions in ``paths``, and how many do not."""
-    kept, decoded = [], []
-    for position, item in decode_files(adapter, [input_root / rel for rel in paths], root=input_root):
-        kept.append(position)
-        decoded.append(item)
-    name = adapter.input_names[0]
-    parts = [adapter.collate(decoded[i:i + batch_size])[name] for i in range(0, len(decoded), batch_size)]
-    return (np.concatenate(parts) if parts else np.zeros((0,))), np.array(kept, dtype=np.int64), len(paths) - len(kept)
 
 
 def _empty_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -94,7 +91,7 @@ def refine_predictions(ctx: RefineContext, predictions: pd.DataFrame, input_root
     skipped = _unsupported(ctx, len(ok))
     if skipped:
         return frame, {"status": skipped, "routed": 0, "threshold": cfg.threshold, "methods": {}}
-    rows = frame.loc[ok]
+    rows = frame.loc[ok, [c for c in ("path", "label", "confidence", "content_hash") if c in frame]]  # not a full copy
     frame.loc[ok, "refined_label"] = rows["label"]
     frame.loc[ok, "refined_confidence"] = rows["confidence"].astype("float64")
     frame.loc[ok, "refine_method"] = ""
@@ -106,19 +103,24 @@ def refine_predictions(ctx: RefineContext, predictions: pd.DataFrame, input_root
         return frame, {"status": "skipped: " + ("; ".join(plan.notes) or "refine.methods is empty"),
                        "routed": int(routed.sum()), "threshold": cfg.threshold, "rounds": 0, "methods": {},
                        "reverted": [], "notes": plan.notes}
-    x, kept = np.zeros((0,)), np.zeros(0, dtype=np.int64)
-    if routed.any() or plan.ttt_reason is None:  # a confident set may still be shifted: TTT checks
-        x, kept, lost = _load(adapter, Path(input_root), rows["path"].tolist(), cfg.batch_size)
-        if lost:
-            notes.append(f"{lost} file(s) no longer decode and were left as inferred")
-    label = rows["label"].map(index).to_numpy(dtype=np.int64)[kept]
+    label = rows["label"].map(index).to_numpy(dtype=np.int64)
+    keys = content_keys(rows)
+    items = open_files(ctx, Path(input_root), rows["path"].tolist(), label, keys)
+    adaptation = None
+    if keys is not None:
+        items.memo, adaptation = memo.open_memo(ctx, keys)
     truth_idx = None
     if truth:
-        truth_idx = np.array([index.get(truth.get(p), -1) for p in rows["path"].iloc[kept]], dtype=np.int64)
-    outcome = refine_arrays(ctx, x, label, conf_all[kept], truth_idx, plan)
-    _write_back(frame, ok[kept], adapter.labels, outcome)
+        truth_idx = np.array([index.get(truth.get(p), -1) for p in rows["path"]], dtype=np.int64)
+    outcome = refine_arrays(ctx, items, label, conf_all, truth_idx, plan)
+    if items.lost:
+        notes.append(f"{len(items.lost)} file(s) no longer decode and were left as inferred")
+    _write_back(frame, ok, adapter.labels, outcome)
     summary = outcome.summary
     summary["routed"] = int(routed.sum())
+    if adaptation is not None:
+        summary["adaptation"], more = memo.describe(adaptation, items.memo, ctx.cfg)
+        notes += more
     summary["notes"] = notes + summary.get("notes", [])
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return frame, summary

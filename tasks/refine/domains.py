@@ -16,6 +16,8 @@ Imports torch and numpy only.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import nn
@@ -63,21 +65,50 @@ def _features(moments, sources) -> np.ndarray:
     return torch.stack(cols, 1).numpy()
 
 
-def _two_means(f: np.ndarray, iterations: int = 50) -> np.ndarray:
+def _two_means(f: np.ndarray, iterations: int = 50) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Boolean assignment to the second of two clusters (features standardized; seeded at the extremes of the first
-    principal direction, so the result is deterministic)."""
-    z = (f - f.mean(0)) / (f.std(0) + 1e-9)
+    principal direction, so the result is deterministic), with the centers it is nearest to and the standardization
+    (mean, scale): ``Splitter`` assigns more items with them."""
+    mu, sd = f.mean(0), f.std(0) + 1e-9
+    z = (f - mu) / sd
     _, _, vt = np.linalg.svd(z - z.mean(0), full_matrices=False)
     proj = z @ vt[0]
     centers = np.stack([z[proj.argmin()], z[proj.argmax()]])
-    assign = None
+    assign, used = None, centers
     for _ in range(iterations):
-        new = ((z - centers[1]) ** 2).sum(1) < ((z - centers[0]) ** 2).sum(1)
+        new = _nearest(z, centers)
         if new.all() or not new.any() or (assign is not None and (new == assign).all()):
-            return new  # one cluster took everything, or the assignment is stable
-        centers = np.stack([z[~new].mean(0), z[new].mean(0)])
+            return new, centers, mu, sd  # one cluster took everything, or the assignment is stable
+        used, centers = centers, np.stack([z[~new].mean(0), z[new].mean(0)])
         assign = new
-    return assign
+    return assign, used, mu, sd
+
+
+def _nearest(z: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    return ((z - centers[1]) ** 2).sum(1) < ((z - centers[0]) ** 2).sum(1)
+
+
+@dataclass(frozen=True)
+class Splitter:
+    """The split found on a sample, applied to more items: each goes to the nearer of the two centers."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    centers: np.ndarray
+    shifted_second: bool  # whether the second center is the shifted group
+
+    def shifted(self, features: np.ndarray) -> np.ndarray:
+        """Mask of the items whose features (``_features`` at the first LAYERS BN layers) fall in the shifted group."""
+        group = _nearest((features - self.mean) / self.scale, self.centers)
+        return group if self.shifted_second else ~group
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "scale": self.scale.tolist(), "centers": self.centers.tolist(),
+                "shifted_second": self.shifted_second}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Splitter":
+        return cls(*(np.asarray(data[k]) for k in ("mean", "scale", "centers")), bool(data["shifted_second"]))
 
 
 def _pooled_shift(moments, sources, members: np.ndarray) -> float:
@@ -91,7 +122,14 @@ def _pooled_shift(moments, sources, members: np.ndarray) -> float:
 
 
 def shifted_group(module: nn.Module, x: torch.Tensor, batch_size: int, min_shift: float) -> tuple[np.ndarray | None, dict]:
-    """(mask of the shifted items, facts) when the set is a clear mixture; (None, facts) when it is one distribution.
+    """(mask of the shifted items, facts) when the set is a clear mixture; (None, facts) when it is one distribution."""
+    mask, facts, _ = find_groups(module, x, batch_size, min_shift)
+    return mask, facts
+
+
+def find_groups(module: nn.Module, x: torch.Tensor, batch_size: int,
+                min_shift: float) -> tuple[np.ndarray | None, dict, Splitter | None]:
+    """``shifted_group`` plus the ``Splitter`` that places more items (None when the set is not split).
 
     The groups are found, and the shifted one measured, on the first ``LAYERS`` BN layers; the other group must look
     like the source at *every* BN layer (a blur can show only deeper in the network). Costs one forward pass.
@@ -100,21 +138,22 @@ def shifted_group(module: nn.Module, x: torch.Tensor, batch_size: int, min_shift
     n = len(x)
     if not sources:
         return None, {"split": False, "why": "no BatchNorm statistics to compare items with (a LayerNorm model)",
-                      "forward_passes": 0}
+                      "forward_passes": 0}, None
     if n < 2 * MIN_ITEMS:
-        return None, {"split": False, "why": "too few items to look for a mixture", "forward_passes": 0}
+        return None, {"split": False, "why": "too few items to look for a mixture", "forward_passes": 0}, None
     moments = item_moments(module, x, batch_size)
     facts = {"forward_passes": n}
-    group = _two_means(_features(moments[:LAYERS], sources[:LAYERS]))
+    group, centers, mu, sd = _two_means(_features(moments[:LAYERS], sources[:LAYERS]))
     small = min(group.sum(), (~group).sum())
     if small < max(MIN_ITEMS, MIN_SHARE * n):
         return None, {**facts, "split": False,
-                      "why": f"no second group of at least {max(MIN_ITEMS, int(MIN_SHARE * n))} items"}
+                      "why": f"no second group of at least {max(MIN_ITEMS, int(MIN_SHARE * n))} items"}, None
     near = [_pooled_shift(moments[:LAYERS], sources[:LAYERS], g) for g in (~group, group)]
     shifted = group if near[1] > near[0] else ~group
     high = max(near)  # how far the shifted group moved where acquisition shifts show
     low = _pooled_shift(moments, sources, ~shifted)  # the other group must look like the source at every layer
     facts["group_shifts"] = [round(low, 4), round(high, 4)]
     if not (low < min_shift and high >= MIN_HIGH * min_shift and high >= MIN_GAP * max(low, 1e-9)):
-        return None, {**facts, "split": False, "why": "one distribution: the groups do not differ clearly"}
-    return shifted, {**facts, "split": True, "shifted": int(shifted.sum()), "like_source": int((~shifted).sum())}
+        return None, {**facts, "split": False, "why": "one distribution: the groups do not differ clearly"}, None
+    facts.update(split=True, shifted=int(shifted.sum()), like_source=int((~shifted).sum()))
+    return shifted, facts, Splitter(mu, sd, centers, bool(near[1] > near[0]))

@@ -14,31 +14,91 @@ import dataclasses
 import time
 
 import numpy as np
+import pandas as pd
 import torch
 
-from tasks.refine import domains
+from tasks.refine import domains, probe
 from tasks.refine.config import RefineConfig
 from tasks.refine.context import RefineContext
+from tasks.refine.items import Items
+from tasks.refine.memo import read_json, write_json, write_table
 from tasks.refine.plan import Plan
 from tasks.refine.rounds import refine_set
 from tasks.refine.state import Compute, GroupLedger, Ledger, Outcome
 from tasks.refine.ttt import torch_threads
+from tasks.refine.writeback import source_opset
 
 GROUPS = (("like-source", False), ("shifted", True))
 
 
-def check(ctx: RefineContext, plan: Plan, x: np.ndarray, ledger: Ledger) -> tuple[np.ndarray | None, dict]:
-    """(mask of the shifted items, facts) for a clear mixture, else (None, facts); the pass is charged to the budget."""
+def check(ctx: RefineContext, plan: Plan, items: Items, ledger: Ledger) -> tuple[np.ndarray | None, dict]:
+    """(mask of the shifted items, facts) for a clear mixture, else (None, facts); the pass is charged to the budget.
+
+    The groups are found on the sample; when the sample is not the whole set, every other item is placed in the
+    nearer group, chunk by chunk (a forward pass up to the second BN layer). A kept split places only new files."""
     start = time.perf_counter()
+    kept = _load_split(items)
     with torch_threads(ctx.threads):
-        shifted, facts = domains.shifted_group(plan.module, torch.from_numpy(np.ascontiguousarray(x)),
-                                               ctx.cfg.batch_size, ctx.cfg.ttt_min_shift)
-    seconds = time.perf_counter() - start
-    ledger.charge("mixture-check", Compute(facts.pop("forward_passes", 0), 0, seconds))
+        if kept is None:
+            sample = torch.from_numpy(np.ascontiguousarray(items.sample))
+            found, facts, splitter = domains.find_groups(plan.module, sample, ctx.cfg.batch_size, ctx.cfg.ttt_min_shift)
+            passes, shifted, todo = facts.pop("forward_passes", 0), None, np.zeros(0, np.int64)
+            if found is not None:
+                shifted = np.zeros(items.n, dtype=bool)
+                shifted[items.sample_idx] = found
+                todo = np.setdiff1d(np.arange(items.n), items.sample_idx)
+                if len(todo):
+                    facts["sample"] = int(len(items.sample_idx))
+        else:
+            shifted, facts, splitter, passes, todo = kept
+        if len(todo):
+            shifted[todo] = _place(ctx, plan, items, splitter, todo)
+            passes += len(todo)
+    if items.memo is not None and (kept is None or len(todo)):
+        _save_split(items, shifted, facts, splitter, passes)
+    ledger.charge("mixture-check", Compute(passes, 0, time.perf_counter() - start))
     return shifted, {**facts, **ledger.checks["mixture-check"]}
 
 
-def refine_groups(ctx: RefineContext, x: np.ndarray, label: np.ndarray, confidence: np.ndarray, plan: Plan,
+def _place(ctx: RefineContext, plan: Plan, items: Items, splitter: domains.Splitter, todo: np.ndarray) -> np.ndarray:
+    """Whether each item of ``todo`` falls in the shifted group (a file that no longer decodes: no): the features
+    come from the probe graph in ONNX Runtime, chunk by chunk."""
+    out = np.zeros(len(todo), dtype=bool)
+    features = None
+    for part, x in items.read(todo, ctx.cfg.batch_size * 8):
+        if features is None:
+            path = probe.export_probe(plan.module, domains.LAYERS, x[:2], ctx.work_dir / "probe",
+                                      source_opset(ctx.onnx_path))
+            features = probe.probe_session(path, ctx.threads)
+        found = np.concatenate([features(x[i:i + ctx.cfg.batch_size]) for i in range(0, len(x), ctx.cfg.batch_size)])
+        out[np.searchsorted(todo, part)] = splitter.shifted(found)  # todo is sorted
+    return out
+
+
+def _load_split(items: Items):
+    """A kept split: (mask with unknown files False, facts, splitter, passes, positions still to place), or None."""
+    memo = items.memo
+    meta = None if memo is None or items.keys is None else read_json(memo.root / "mixture.json")
+    if meta is None:
+        return None
+    if meta["splitter"] is None:
+        return None, meta["facts"], None, meta["passes"], np.zeros(0, np.int64)
+    known = pd.read_parquet(memo.root / "groups.parquet").drop_duplicates("key").set_index("key")["shifted"]
+    got = known.reindex(items.keys)
+    shifted = got.fillna(False).to_numpy(dtype=bool)
+    return shifted, meta["facts"], domains.Splitter.from_dict(meta["splitter"]), meta["passes"], \
+        np.flatnonzero(got.isna().to_numpy())
+
+
+def _save_split(items: Items, shifted: np.ndarray | None, facts: dict, splitter, passes: int) -> None:
+    root = items.memo.root
+    if shifted is not None:
+        write_table({"key": np.asarray(items.keys).astype(str), "shifted": shifted}, root / "groups.parquet")
+    write_json({"facts": facts, "passes": passes, "splitter": None if splitter is None else splitter.to_dict()},
+               root / "mixture.json")
+
+
+def refine_groups(ctx: RefineContext, items: Items, label: np.ndarray, confidence: np.ndarray, plan: Plan,
                   ledger: Ledger, shifted: np.ndarray, facts: dict) -> Outcome:
     """Refine each group (``shifted`` from ``check``) as its own set and merge the answers, columns and report
     section; each group works in its own folder under ``ctx.work_dir``."""
@@ -48,7 +108,7 @@ def refine_groups(ctx: RefineContext, x: np.ndarray, label: np.ndarray, confiden
     for name, flag in GROUPS:
         idx = np.flatnonzero(shifted == flag)
         own = Plan(plan.policy, copy.deepcopy(plan.module), plan.ttt_reason, [])  # each group starts from the source
-        out = refine_set(dataclasses.replace(ctx, work_dir=ctx.work_dir / name), x[idx], merged.label[idx],
+        out = refine_set(dataclasses.replace(ctx, work_dir=ctx.work_dir / name), items.subset(idx), merged.label[idx],
                          merged.confidence[idx], own, GroupLedger(ledger, idx, merged.label))
         merged.label[idx], merged.confidence[idx], merged.method[idx] = out.label, out.confidence, out.method
         for key, values in out.columns.items():

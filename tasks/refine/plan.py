@@ -4,10 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from helios.models.base import ModelAdapter
-from tasks.refine import tta
-from tasks.refine.config import RefineConfig
+from tasks.refine import sar, tta
 from tasks.refine.bn_adapt import has_batchnorm
-from tasks.refine.ttt import can_adapt
+from tasks.refine.config import RefineConfig
 
 
 @dataclass
@@ -41,3 +40,15 @@ def plan_methods(cfg: RefineConfig, adapter: ModelAdapter) -> Plan:
         if ttt_reason:
             notes.append(ttt_reason)
     return Plan(policy, module, ttt_reason, notes)
+
+
+def can_adapt(module, input_names: tuple[str, ...]) -> str | None:
+    """Why TTT cannot run on the torch ``module`` (None: no PyTorch weights), as a note for the report, or None."""
+    if module is None:
+        return "TTT skipped: the model has no PyTorch weights (an ONNX file); BN-adapt and TENT need them"
+    if not has_batchnorm(module) and not sar.has_layernorm(module):
+        return ("TTT skipped: the model has neither BatchNorm nor LayerNorm layers, so BN-adapt, TENT and SAR have "
+                "nothing to adapt")
+    if len(input_names) != 1:
+        return f"TTT skipped: the model takes {len(input_names)} inputs; adaptation supports single-input image models"
+    return None

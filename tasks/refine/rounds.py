@@ -1,8 +1,9 @@
 """The refinement rounds over one set of items: route, adapt, re-infer, augment, repeat while items stay unsure.
 
 No files and no data frames here (``core.py`` does that), so the evaluation script runs exactly this code.
-Round 1: BN-adapt and TENT over the whole set (torch), written back to ONNX with a parity gate; the adapted graph
-re-infers the routed items (or all, ``reinfer='all'``); TTA then augments what is still below the threshold.
+Round 1: BN-adapt and TENT on the set's sample (torch: ``Items.sample``, the whole set when it is small), written
+back to ONNX with a parity gate; the adapted graph re-infers the routed items (or all, ``reinfer='all'``) through
+``Items.reinfer`` when the caller gives one; TTA then augments what is still below the threshold, chunk by chunk.
 Later rounds: one more TENT epoch, then the same re-infer and TTA on the items still below the threshold. Stops
 when nothing is unsure, the rounds or the compute budget are spent, or no method can change an answer any more.
 """
@@ -13,7 +14,9 @@ import time
 import numpy as np
 
 from tasks.refine import tta
+from tasks.refine.augment import augment_items
 from tasks.refine.context import RefineContext
+from tasks.refine.items import Items
 from tasks.refine.plan import Plan
 from tasks.refine.state import Compute, GroupLedger, Ledger, Outcome, Run, mark, set_column
 from tasks.refine.ttt import Adaptation
@@ -21,7 +24,7 @@ from tasks.refine.ttt_step import adapt_round
 from tasks.session import open_session, saved_optimized_for
 
 
-def refine_set(ctx: RefineContext, x: np.ndarray, label: np.ndarray, confidence: np.ndarray, plan: Plan | None,
+def refine_set(ctx: RefineContext, items: Items, label: np.ndarray, confidence: np.ndarray, plan: Plan | None,
                ledger: Ledger | GroupLedger) -> Outcome:
     """Refine one set (the rounds above); the ledger keeps the report's per-method figures."""
     cfg = ctx.cfg
@@ -41,7 +44,7 @@ def refine_set(ctx: RefineContext, x: np.ndarray, label: np.ndarray, confidence:
         return out
     source = open_session(ctx.onnx_path, ctx.providers, ctx.threads,
                           optimized=saved_optimized_for(ctx.onnx_path, ctx.providers))
-    run = Run(ctx, x, source, plan.module, np.random.default_rng(cfg.seed))
+    run = Run(ctx, items, source, plan.module, np.random.default_rng(cfg.seed), ctx.onnx_path)
     state = _rounds(run, plan, out, ledger)
     summary["methods"] = ledger.methods
     if state is not None:
@@ -83,20 +86,18 @@ def _tta_round(run: Run, policy: tta.Policy, out: Outcome, ledger: Ledger | Grou
     """Augment the items still unsure (adaptive) or all items, skipping those already augmented with this model."""
     cfg = run.ctx.cfg
     wanted = out.confidence < cfg.threshold if cfg.tta_adaptive else np.ones(len(out.label), dtype=bool)
-    fresh = np.array([run.tta_done.get(i) != run.model_version for i in range(len(out.label))])
-    idx = np.flatnonzero(wanted & fresh)
+    idx = np.flatnonzero(wanted & (run.tta_done != run.model_version))
     if len(idx) == 0:
         return False
     start = time.perf_counter()
-    probs = tta.predict_tta(run.session.run, run.ctx.adapter.input_names[0], run.x[idx], policy, cfg.batch_size)
+    done, labels, conf = augment_items(run, policy, idx)
     compute = Compute(len(idx) * policy.size, 0, time.perf_counter() - start)
     before = out.label.copy()
-    out.label[idx], out.confidence[idx] = probs.argmax(1), probs.max(1)
-    for i in idx:
-        run.tta_done[int(i)] = run.model_version
-    set_column(out, "tta", idx, probs.argmax(1), probs.max(1))
-    mark(out, idx, "tta")
+    out.label[done], out.confidence[done] = labels, conf
+    run.tta_done[idx] = run.model_version
+    set_column(out, "tta", done, labels, conf)
+    mark(out, done, "tta")
     touched = np.zeros(len(out.label), dtype=bool)
-    touched[idx] = True
+    touched[done] = True
     ledger.record("tta", touched, before, out.label, compute)
     return True

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from helios.models.base import softmax
 from tasks.refine.context import RefineContext
+from tasks.refine.items import Items, capped_batch
 
 
 @dataclass
@@ -121,32 +123,61 @@ class GroupLedger:
 
 
 @dataclass
+class Step:
+    """What one round's torch work left: the adaptation state (``ttt.Adaptation``), compute per method, BN-adapt's
+    own labels as (positions, labels) on the sample (None when it did not run), the adapted ONNX file (None: no new
+    model to re-infer with) and the seconds its export took."""
+
+    state: object
+    computes: dict[str, Compute]
+    bn: tuple[np.ndarray, np.ndarray] | None
+    path: Path | None
+    export_seconds: float = 0.0
+
+
+@dataclass
 class Run:
-    """One set's refinement run: its inputs, the session answers come from and what TTA already augmented."""
+    """One set's refinement run: its items, the model answers come from and what TTA already augmented."""
 
     ctx: RefineContext
-    x: np.ndarray
+    items: Items
     session: object = None  # the ONNX session answers come from (source, then adapted)
     module: object = None  # the torch module to adapt (None: no TTT)
     rng: np.random.Generator | None = None
+    model_path: Path | None = None  # the ONNX file of ``session``
     model_version: int = 0  # bumped whenever the session's model changes
-    tta_done: dict = field(default_factory=dict)  # item -> model_version it was augmented with
+    tta_done: np.ndarray | None = None  # per item, the model_version it was augmented with (-1: never)
+
+    def __post_init__(self) -> None:
+        if self.tta_done is None:
+            self.tta_done = np.full(self.items.n, -1, dtype=np.int64)
 
     def infer(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, Compute]:
-        """Labels and confidences of items ``idx`` from the current session, and the compute it took."""
+        """Labels and confidences of items ``idx`` from the current model (-1 and NaN where no answer came back:
+        a file that no longer decodes), and the compute it took. With ``items.reinfer`` the caller's machinery
+        answers (the infer stage's shards, index and cache); else this process's session, chunk by chunk."""
         start = time.perf_counter()
+        if self.items.reinfer is not None:
+            label, conf = self.items.reinfer(self.model_path, idx)
+            return label, conf, Compute(len(idx), 0, time.perf_counter() - start)
         adapter = self.ctx.adapter
-        name, bs = adapter.input_names[0], self.ctx.cfg.batch_size
-        logits = [self.session.run({name: self.x[idx[i:i + bs]]})[0] for i in range(0, len(idx), bs)]
-        probs = softmax(np.concatenate(logits).astype(np.float64)) if logits else np.zeros((0, len(adapter.labels)))
-        return probs.argmax(1), probs.max(1), Compute(len(idx), 0, time.perf_counter() - start)
+        name, bs = adapter.input_names[0], capped_batch(self.ctx.cfg.batch_size, self.items.item_bytes)
+        label, conf = np.full(len(idx), -1, dtype=np.int64), np.full(len(idx), np.nan)
+        for part, x in self.items.read(idx, bs):  # idx is sorted: its chunks are found by bisection
+            probs = softmax(self.session.run({name: x})[0].astype(np.float64))
+            at = np.searchsorted(idx, part)
+            label[at], conf[at] = probs.argmax(1), probs.max(1)
+        return label, conf, Compute(len(idx), 0, time.perf_counter() - start)
 
 
 def mark(out: Outcome, idx: np.ndarray, method: str) -> None:
-    """Add ``method`` to the '+'-joined methods behind each item's answer."""
-    for i in idx:
-        parts = out.method[i].split("+") if out.method[i] else []
-        out.method[i] = "+".join(parts if method in parts else [*parts, method])
+    """Add ``method`` to the '+'-joined methods behind each item's answer (once per distinct value: sets are large,
+    the values few)."""
+    idx = np.asarray(idx, dtype=np.int64)
+    current = out.method[idx]
+    for value in set(current):
+        parts = value.split("+") if value else []
+        out.method[idx[current == value]] = "+".join(parts if method in parts else [*parts, method])
 
 
 def set_column(out: Outcome, prefix: str, idx: np.ndarray, labels: np.ndarray, conf: np.ndarray) -> None:

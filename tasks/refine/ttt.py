@@ -36,7 +36,7 @@ class Adaptation:
     """The model being adapted and what each step did; ``module`` always holds the last state that passed the guards."""
 
     module: nn.Module
-    x: torch.Tensor
+    x: torch.Tensor | None  # the sample; None while restored from a kept step (set before torch work)
     source_labels: np.ndarray
     n_classes: int
     fit: np.ndarray | None = None  # indices of the items adaptation learns from (all, or a class-mixed sample)
@@ -46,6 +46,7 @@ class Adaptation:
     shift: float | None = None  # BN statistics shift score of the set (bn_adapt.shift_score)
     skipped: str | None = None  # why round 1 left the model as it was (no shift)
     reverted: list[str] = field(default_factory=list)
+    optimizer_state: dict | None = None  # a kept step's optimizer, loaded into the next optimizer made
 
 
 def start_adaptation(module: nn.Module, x: np.ndarray, source_labels: np.ndarray, n_classes: int, max_items: int,
@@ -118,7 +119,7 @@ def run_tent(state: Adaptation, cfg: RefineConfig, epochs: int, rng: np.random.G
     tent.configure_model(state.module)
     params, _ = tent.collect_params(state.module)
     if state.optimizer is None:
-        state.optimizer = torch.optim.Adam(params, lr=cfg.tent_lr, betas=(0.9, 0.999))
+        state.optimizer = _restored(state, torch.optim.Adam(params, lr=cfg.tent_lr, betas=(0.9, 0.999)))
     saved = tent.copy_state(state.module, state.optimizer)
     limit = None if cfg.tent_entropy_limit is None else cfg.tent_entropy_limit * float(np.log(state.n_classes))
     try:
@@ -145,6 +146,14 @@ def _steps(state: Adaptation, cfg: RefineConfig, epochs: int, rng: np.random.Gen
             yield len(step_idx), [state.x[step_idx[i:i + cfg.batch_size]] for i in range(0, len(step_idx), cfg.batch_size)]
 
 
+def _restored(state: Adaptation, optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """``optimizer`` with a kept step's state loaded (its moments continue where that run left them)."""
+    if state.optimizer_state is not None:
+        optimizer.load_state_dict(state.optimizer_state)
+        state.optimizer_state = None
+    return optimizer
+
+
 def _settle(state: Adaptation, ok: bool, saved: tuple[dict, dict], compute: Compute, start: float) -> Compute:
     """Keep a TENT/SAR pass that passed the guards, else restore the state before it; leave the module frozen."""
     if ok:
@@ -165,7 +174,7 @@ def run_sar(state: Adaptation, cfg: RefineConfig, epochs: int, rng: np.random.Ge
     start, compute = time.perf_counter(), Compute()
     sar.configure_model(state.module)
     if state.optimizer is None:
-        state.optimizer = sar.new_optimizer(state.module, cfg.sar_lr, cfg.sar_rho)
+        state.optimizer = _restored(state, sar.new_optimizer(state.module, cfg.sar_lr, cfg.sar_rho))
     saved = tent.copy_state(state.module, state.optimizer)
     ln_classes = float(np.log(state.n_classes))
     margin, floor, ema, ok = cfg.sar_margin * ln_classes, cfg.sar_reset_share * ln_classes, None, True
@@ -186,15 +195,3 @@ def run_sar(state: Adaptation, cfg: RefineConfig, epochs: int, rng: np.random.Ge
         state.reverted.append(f"tent: {exc}; reverted to the previous model")
         ok = False
     return _settle(state, ok, saved, compute, start)
-
-
-def can_adapt(module: nn.Module | None, input_names: tuple[str, ...]) -> str | None:
-    """Why TTT cannot run on this model (a note for the report), or None."""
-    if module is None:
-        return "TTT skipped: the model has no PyTorch weights (an ONNX file); BN-adapt and TENT need them"
-    if not bn_adapt.has_batchnorm(module) and not sar.has_layernorm(module):
-        return ("TTT skipped: the model has neither BatchNorm nor LayerNorm layers, so BN-adapt, TENT and SAR have "
-                "nothing to adapt")
-    if len(input_names) != 1:
-        return f"TTT skipped: the model takes {len(input_names)} inputs; adaptation supports single-input image models"
-    return None

@@ -39,15 +39,16 @@ def source_opset(onnx_path: Path, default: int = 17) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default)
 
 
-def export_adapted(ctx: RefineContext, module, methods: list[str], sample: np.ndarray) -> tuple[Path, Parity]:
-    """``adapted module -> <work dir>/adapted/model.onnx`` plus its recipe; raises ParityError when ONNX disagrees with
-    torch by more than ``refine.parity_max_abs_logit_diff``.
+def export_adapted(ctx: RefineContext, module, methods: list[str], sample: np.ndarray,
+                   folder: Path | None = None) -> tuple[Path, Parity]:
+    """``adapted module -> <folder>/model.onnx`` (default ``<work dir>/adapted``) plus its recipe; raises ParityError
+    when ONNX disagrees with torch by more than ``refine.parity_max_abs_logit_diff``.
 
     ``sample`` (a model-ready batch) is what parity is measured on, with a CPU session of ``ctx.threads`` threads.
     """
     adapter = ctx.adapter
     wrapped = _AdaptedAdapter(adapter, module)
-    path = export_onnx(wrapped, ctx.work_dir / "adapted", source_opset(ctx.onnx_path))  # type: ignore[arg-type]
+    path = export_onnx(wrapped, folder or ctx.work_dir / "adapted", source_opset(ctx.onnx_path))  # type: ignore[arg-type]
     session = open_session(path, ("CPUExecutionProvider",), ctx.threads)
     name = adapter.input_names[0]
     feeds = [{name: sample[i:i + 64]} for i in range(0, len(sample), 64)]

@@ -110,7 +110,8 @@ def headline(summary: dict) -> dict:
         "throughput_files_per_s": rate,
         "llm_cost_usd": review.get("cost_usd"),
         "selected_variant": selected[0] if selected else None,
-        "hardware_class": (summary.get("hardware") or {}).get("hardware_class"),
+        "hardware_class": ((summary.get("model") or {}).get("hardware_class")  # where the variant was selected
+                           or (summary.get("hardware") or {}).get("hardware_class")),
     }
 
 

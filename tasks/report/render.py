@@ -47,7 +47,7 @@ VARIANT_COLUMNS = ["name", "selected", "size_bytes", "latency_p50_ms", "latency_
 
 # Keys with a section of their own, or derived here; every other summary key is shown under "Run".
 OWN_KEYS = {"hardware", "recommendation", "config", "counts", "stages", "accuracy", "variants", "throughput", "refine",
-            "review", "validation", "drift", "costs", "run_dir", "generated_at", "headline", "errors", "final_stage_counts", "figures"}
+            "review", "validation", "drift", "costs", "worker", "run_dir", "generated_at", "headline", "errors", "final_stage_counts", "figures"}
 
 
 def visible(text: str) -> str:

@@ -15,7 +15,7 @@ class RunSummary:
     config: dict[str, Any]
     input: str
     labels: str | None
-    model: dict[str, Any]  # name, variant, parity
+    model: dict[str, Any]  # name, variant, parity, hardware_class (where the variant was selected), ...
     counts: dict[str, int]
     stages: dict[str, float]
     variants: list[dict[str, Any]]
@@ -30,10 +30,17 @@ class RunSummary:
     drift: dict[str, Any] = field(default_factory=dict)  # against the previous successful run (tasks/report/drift.py)
     costs: dict[str, Any] = field(default_factory=dict)  # compute and LLM USD (tasks/report/costs.py)
     outputs: dict[str, Any] = field(default_factory=dict)  # infer.outputs: list columns and widths, never values
+    # infer.pool=gpu: the GPU worker that prepared, optimized and inferred (hardware, recommendation, stage seconds)
+    worker: dict[str, Any] = field(default_factory=dict)
 
     @property
     def hardware_class(self) -> str | None:
         return self.hardware.get("hardware_class")
+
+    @property
+    def model_class(self) -> str | None:
+        """The hardware class the variant was selected on and runs on: the GPU worker's with infer.pool=gpu."""
+        return self.model.get("hardware_class") or self.hardware_class
 
     @property
     def llm_cost_usd(self) -> float:

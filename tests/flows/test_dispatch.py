@@ -14,7 +14,9 @@ import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Completed, Failed, Running
 
-from flows.dispatch import GpuStageError, gpu_parameters, infer_result_of, run_infer_stage, variant_for_pool
+from flows.dispatch import (GpuStageError, build_parameters, gpu_parameters, gpu_result_of, run_infer_stage,
+                            variant_for_pool)
+from flows.gpu_stages import GpuStagesResult, ModelBuild
 from helios.models.config import ModelConfig
 from helios.errors import UsageError
 from helios.models import load_model
@@ -51,16 +53,30 @@ def test_local_pool_runs_the_infer_subflow_in_this_process(prefect_harness, tmp_
 
 def test_gpu_parameters_are_json_and_put_cuda_first(mnist_ref):
     cfg = InferConfig(pool="gpu", batch_size=64, progress=True)
-    params = json.loads(json.dumps(gpu_parameters(cfg, mnist_ref, "/shared/run/manifest.parquet", "/shared/run",
-                                                  {"cpu": {}})))
+    params = json.loads(json.dumps(gpu_parameters(cfg, mnist_ref, "/shared/run/manifest.parquet", "/shared/run")))
     ref = ModelRef.model_validate(params["model"])
     assert ref.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert ref.identity == mnist_ref.identity  # providers change speed, not results: reruns still reuse shards
     sent = InferConfig.model_validate(params["cfg"])
     assert (sent.pool, sent.progress, sent.batch_size) == ("local", False, 64)
     assert (params["manifest_path"], params["run_dir"]) == ("/shared/run/manifest.parquet", "/shared/run")
-    assert params["profile"] is None  # the GPU worker detects its own hardware, not the CPU worker's
+    assert "profile" not in params  # the GPU worker detects its own hardware, not the CPU worker's
     assert cfg.pool == "gpu" and cfg.progress  # derived, not mutated
+
+
+def test_build_parameters_carry_what_the_worker_builds_the_model_from():
+    from tasks.optimize.config import OptimizeConfig
+    from tasks.prepare.config import PrepareConfig
+
+    build = ModelBuild(model=ModelConfig(name="mnist-cnn"), prepare=PrepareConfig(parity_samples=16),
+                       optimize=OptimizeConfig(variants=("fp32", "fp16")), sample=("/shared/in/a.png",),
+                       truth={"a.png": "7"}, model_dir="/shared/run/model-gpu", tracking_uri="sqlite:////shared/m.db",
+                       source_key="k" * 32)
+    params = json.loads(json.dumps(build_parameters(InferConfig(pool="gpu", progress=True), build,
+                                                    "/shared/run/manifest.parquet", "/shared/run")))
+    assert ModelBuild.model_validate(params["build"]) == build
+    assert "model" not in params  # the worker selects the variant: nothing selected on this machine is sent
+    assert InferConfig.model_validate(params["cfg"]).pool == "local"
 
 
 def test_gpu_pool_without_the_concurrency_limit_names_the_fix(prefect_harness, mnist_ref, manifest, tmp_path):
@@ -129,11 +145,13 @@ def test_gpu_pool_never_gets_a_cpu_only_variant(tmp_path):
     assert variant_for_pool(only_int8, "gpu").name == "int8-static"  # nothing else to send
 
 
-def test_completed_gpu_run_gives_back_its_infer_result():
-    value = {"predictions_path": "/shared/run/predictions.parquet", "counts": {"files": 3, "ok": 3}, "seconds": 1.0,
+def test_completed_gpu_run_gives_back_its_result():
+    infer = {"predictions_path": "/shared/run/predictions.parquet", "counts": {"files": 3, "ok": 3}, "seconds": 1.0,
              "files_per_s": 3.0, "batch_size": 32}
-    assert infer_result_of(flow_run(Completed(data=value))) == InferResult.model_validate(value)
-    assert infer_result_of(flow_run(Completed(data=InferResult.model_validate(value)))).batch_size == 32
+    value = {"infer": infer, "hardware": {"hardware_class": "gpu-h200-1x"}, "recommendation": {}}
+    result = gpu_result_of(flow_run(Completed(data=value)))
+    assert result == GpuStagesResult.model_validate(value) and result.infer == InferResult.model_validate(infer)
+    assert gpu_result_of(flow_run(Completed(data=result))).hardware_class == "gpu-h200-1x"
 
 
 @pytest.mark.parametrize(("state", "expected"), [
@@ -143,5 +161,14 @@ def test_completed_gpu_run_gives_back_its_infer_result():
 ])
 def test_unfinished_failed_or_resultless_gpu_run_is_an_error_naming_the_run(state, expected):
     with pytest.raises(GpuStageError, match="brave-gpu") as info:
-        infer_result_of(flow_run(state), timeout_s=60)
+        gpu_result_of(flow_run(state), timeout_s=60)
     assert expected in str(info.value)
+
+
+def test_a_local_model_file_is_sent_to_the_gpu_worker_as_an_absolute_path(tmp_path, monkeypatch):
+    from flows.gpu_stages import shared_model
+
+    (tmp_path / "net.onnx").write_bytes(b"onnx")
+    monkeypatch.chdir(tmp_path)  # the worker runs in its own directory: a relative path would miss there
+    assert shared_model(ModelConfig(name="net.onnx")).name == str(tmp_path / "net.onnx")
+    assert shared_model(ModelConfig(name="mnist-cnn")).name == "mnist-cnn"

@@ -37,7 +37,7 @@ def test_text_classifier_uses_its_own_head_labels_and_tokenizer(dirs):
 
     adapter = load_model(ModelConfig(name=str(dirs["text"])))
     assert isinstance(adapter, HfTextClassifier) and adapter.task == "classifier" and adapter.modality == "text"
-    assert adapter.labels == TOPICS and adapter.output_names == ("logits",) and adapter.max_length == 512
+    assert adapter.labels == TOPICS and adapter.output_names == ("logits", "embeddings") and adapter.max_length == 512
     feeds = adapter.collate([adapter.preprocess(t) for t in TEXTS])
     tok = AutoTokenizer.from_pretrained(str(dirs["text"]))
     ref = tok([t.decode() for t in TEXTS], padding=True, return_tensors="pt")
@@ -71,6 +71,51 @@ def test_image_classifier_matches_the_model_on_its_processor_output(dirs, kind):
         expected = model(pixel_values=pixels).logits.numpy()
         got = adapter.torch_module()(torch.from_numpy(feeds["pixel_values"])).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["text", "vit"])
+def test_classifiers_export_what_their_head_sees_as_embeddings(dirs, tmp_path, kind):
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    from tasks.prepare.export import export_onnx
+
+    adapter = load_model(ModelConfig(name=str(dirs[kind])))
+    assert adapter.output_names == ("logits", "embeddings") and adapter.recipe["outputs"] == ["logits", "embeddings"]
+    if kind == "text":
+        feeds = adapter.collate([adapter.preprocess(t) for t in TEXTS])
+    else:
+        feeds = {"pixel_values": np.random.default_rng(0).normal(size=(3, 3, 32, 32)).astype(np.float32)}
+    session = ort.InferenceSession(str(export_onnx(adapter, tmp_path, 17)), providers=["CPUExecutionProvider"])
+    logits, embeddings = session.run(["logits", "embeddings"], feeds)
+    auto = AutoModelForSequenceClassification if kind == "text" else AutoModelForImageClassification
+    own = auto.from_pretrained(str(dirs[kind])).eval()
+    tensors = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    with torch.no_grad():
+        if kind == "text":  # BERT's head: dropout, then the classifier Linear on the pooler output
+            pooled = own.bert(**tensors).pooler_output
+        else:  # ViT's head: the classifier Linear on the CLS token of the layernormed last hidden state
+            pooled = own.vit(**tensors).last_hidden_state[:, 0]
+        expected, headed = own(**tensors).logits, own.classifier(pooled)
+        eager = adapter.torch_module()(*tensors.values())
+    assert embeddings.dtype == np.float32 and embeddings.shape == (len(logits), own.config.hidden_size)
+    np.testing.assert_allclose(embeddings, pooled.numpy(), atol=1e-4)
+    np.testing.assert_allclose(headed.numpy(), expected.numpy(), atol=1e-5)  # pooled is what the head sees
+    np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4)
+    assert isinstance(eager, torch.Tensor)  # refine and parity call the module eagerly: logits alone
+
+
+def test_a_head_without_a_final_linear_of_the_labels_width_is_refused(dirs):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from helios.models.hf import classifier_module
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(dirs["text"])).eval()
+    model.classifier = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.Softmax(-1))
+    with pytest.raises(UsageError, match=r"does not end in an nn.Linear of its 4 labels' width"):
+        classifier_module(model, dirs["text"])
 
 
 def test_labels_override_and_width_mismatch(dirs):

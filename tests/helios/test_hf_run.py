@@ -43,13 +43,14 @@ def image_folder(root: Path, n: int = 24) -> Path:
     return root
 
 
-def helios_run(tmp_path: Path, model: Path, inputs: Path, labels: Path | None = None) -> subprocess.CompletedProcess:
+def helios_run(tmp_path: Path, model: Path, inputs: Path, labels: Path | None = None,
+               extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
            "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}  # a busy shared machine starts it slowly
     env.pop("PREFECT_API_URL", None)
     env.pop("OPENROUTER_API_KEY", None)
     cmd = [sys.executable, "-m", "helios.cli", "run", "--input", str(inputs), "--model", str(model),
-           "--out", str(tmp_path / "work" / "run"), *FAST] + (["--labels", str(labels)] if labels else [])
+           "--out", str(tmp_path / "work" / "run"), *FAST, *extra] + (["--labels", str(labels)] if labels else [])
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -81,8 +82,13 @@ def test_helios_run_on_a_hugging_face_directory(tmp_path, kind):
     else:
         model = (resnet_dir if kind == "resnet" else vit_dir)(tmp_path / f"{kind}-animals")
         inputs, labels, truth = image_folder(tmp_path / "images"), ANIMALS, None
-    result = helios_run(tmp_path, model, inputs, truth)
+    # the ViT run also asks for embeddings: the classifier's pooled features (hidden size 32) as a list column
+    extra = ("--set", "infer.outputs=[label,embeddings]") if kind == "vit" else ()
+    result = helios_run(tmp_path, model, inputs, truth, extra)
     rows, report = check_common(tmp_path, result, labels, 24)
+    if kind == "vit":
+        assert all(len(v) == 32 and np.isfinite(v).all() for v in rows["embedding"]), rows["embedding"]
+        assert report["outputs"]["columns"] == {"embedding": 32}, report["outputs"]
     assert report["model"]["parity"]["top1_agreement"] == 1.0
     refine = report["refine"]
     assert refine["status"] == "done" or refine["status"].startswith("skipped"), refine

@@ -65,6 +65,39 @@ def gpu_worker(deployed, prefect_server):
     worker.stop()
 
 
+@pytest.fixture(scope="module")
+def cpu_worker(deployed, prefect_server):
+    worker = start_worker(CPU_POOL, prefect_server, prefect_server.home / "workers")
+    yield worker
+    worker.stop()
+
+
+def run_pipeline(client, config: dict, logs, timeout_s: float = 420):
+    """Run the pipeline deployment with ``config`` and wait for it; (its flow run, its GPU child run). ``logs``:
+    the workers' log tails, for a failure message."""
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    deployment = client.read_deployment_by_name(PIPELINE_DEPLOYMENT)
+    run = client.create_flow_run_from_deployment(deployment.id, parameters={"config": config})
+    deadline = time.monotonic() + timeout_s
+    while not (run := client.read_flow_run(run.id)).state.is_final() and time.monotonic() < deadline:
+        time.sleep(2)
+    assert run.state.is_completed(), f"pipeline run ended {run.state.name}: {run.state.message}\n{logs()}"
+    children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id={"any_": [run.id]}))
+    gpu_runs = [r for r in children if r.work_pool_name == GPU_POOL]
+    assert gpu_runs and gpu_runs[0].state.is_completed(), \
+        f"with infer.pool=gpu the pipeline must start helios-infer-gpu (flows.dispatch)\n{logs()}"
+    return run, gpu_runs[0]
+
+
+def stages_run_by(client, flow_run_id) -> set[str]:
+    """The Prefect tasks a flow run ran itself, not in its subflows: "detect", "prepare", "optimize", ..."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {r.name.rsplit("-", 1)[0] for r in runs}  # task run names are "<task name>-<n>"
+
+
 def test_pools_limit_and_deployments_match_prefect_yaml(deployed, prefect_server):
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     with prefect_client(prefect_server.url) as client:
@@ -110,39 +143,27 @@ def test_gpu_stage_is_dispatched_to_the_gpu_pool_and_its_result_read_back(deploy
     assert f"Flow run '{runs[0].name}' - Finished in state Completed()" in gpu_worker.log_tail(20000)
 
 
-def test_pipeline_deployment_runs_on_the_cpu_worker_and_sends_infer_to_the_gpu_pool(deployed, gpu_worker,
+def worker_logs(cpu_worker, gpu_worker):
+    return lambda: f"cpu worker:\n{cpu_worker.log_tail()}\ngpu worker:\n{gpu_worker.log_tail()}"
+
+
+def test_pipeline_deployment_runs_on_the_cpu_worker_and_sends_infer_to_the_gpu_pool(deployed, gpu_worker, cpu_worker,
                                                                                      prefect_server, mlflow_server,
                                                                                      tmp_path):
-    try:
-        import flows.pipeline  # noqa: F401
-    except ImportError as exc:
-        pytest.skip(f"the pipeline is not importable yet ({exc}); the GPU dispatch test covers the deployment mechanics")
     config = {"out": str(tmp_path / "run"), "demo": {"n": 200}, "optimize": {"enabled": False},
               "refine": {"enabled": False}, "report": {"validation": "warn"}, "infer": {"pool": "gpu"},
               "tracking": {"mlflow_uri": mlflow_server.url, "experiment": "helios-deployment-test"}}
-    cpu_worker = start_worker(CPU_POOL, prefect_server, prefect_server.home / "workers")
-    try:
-        with prefect_client(prefect_server.url) as client:
-            deployment = client.read_deployment_by_name(PIPELINE_DEPLOYMENT)
-            run = client.create_flow_run_from_deployment(deployment.id, parameters={"config": config})
-            deadline = time.monotonic() + 300
-            while not (run := client.read_flow_run(run.id)).state.is_final() and time.monotonic() < deadline:
-                time.sleep(2)
-            logs = f"cpu worker:\n{cpu_worker.log_tail()}\ngpu worker:\n{gpu_worker.log_tail()}"
-            assert run.state.is_completed(), f"pipeline run ended {run.state.name}: {run.state.message}\n{logs}"
-            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter
+    with prefect_client(prefect_server.url) as client:
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-            artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
-                any_=[run.id])))
-            children = client.read_flow_runs(flow_run_filter=FlowRunFilter(parent_flow_run_id={"any_": [run.id]}))
-    finally:
-        cpu_worker.stop()
+        run, gpu_run = run_pipeline(client, config, worker_logs(cpu_worker, gpu_worker))
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(
+            any_=[run.id])))
+        assert "prepare" in stages_run_by(client, gpu_run.id)  # the GPU worker exported the model for itself
     assert "helios-report" in {a.key for a in artifacts}
-    gpu_runs = [r for r in children if r.work_pool_name == GPU_POOL]
-    assert gpu_runs and gpu_runs[0].state.is_completed(), \
-        "with infer.pool=gpu the pipeline must start helios-infer-gpu (flows.dispatch.run_infer_stage)"
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["counts"]["files"] == 200
+    assert (tmp_path / "run" / "model-gpu" / "model.onnx").is_file()
 
     from mlflow.tracking import MlflowClient
 
@@ -153,6 +174,49 @@ def test_pipeline_deployment_runs_on_the_cpu_worker_and_sends_infer_to_the_gpu_p
     assert mlrun.info.status == "FINISHED" and mlrun.data.metrics["files.files"] == 200
     assert {"predictions.parquet", "report.json"} <= {a.path for a in mlflow.list_artifacts(mlrun.info.run_id)}
     assert mlflow.search_model_versions(), "the pipeline registered no champion model on the MLflow server"
+
+
+def test_gpu_pool_builds_the_model_on_the_worker_and_reuses_its_class_champion(deployed, gpu_worker, cpu_worker,
+                                                                              prefect_server, tmp_path):
+    """infer.pool=gpu: prepare and optimize run in the GPU deployment, for the worker's hardware, into model-gpu/;
+    the pipeline builds nothing. The champion is registered under the worker's class in the work directory's SQLite
+    store (on the volume both workers share), and the next run's worker reuses it. On this CPU-only machine the
+    "GPU" worker detects a CPU, so it builds and selects CPU variants: right for a GPU pool without a GPU."""
+    from mlflow.tracking import MlflowClient
+
+    from flows.tracking_models import class_alias_of
+
+    logs = worker_logs(cpu_worker, gpu_worker)
+    config = {"demo": {"n": 200}, "prepare": {"parity_samples": 32}, "refine": {"enabled": False},
+              "optimize": {"variants": ["fp32", "int8-dynamic"], "eval_samples": 32, "latency_runs": 5,
+                           "time_budget_s": 5},
+              "review": {"enabled": False}, "report": {"validation": "warn"}, "infer": {"pool": "gpu"},
+              "tracking": {"experiment": "helios-gpu-build", "system_metrics_s": None}}
+    with prefect_client(prefect_server.url) as client:
+        first, first_gpu = run_pipeline(client, {**config, "out": str(tmp_path / "first")}, logs)
+        second, second_gpu = run_pipeline(client, {**config, "out": str(tmp_path / "second")}, logs)
+        stages = {name: stages_run_by(client, r.id) for name, r in
+                  (("first", first), ("first_gpu", first_gpu), ("second", second), ("second_gpu", second_gpu))}
+    assert {"prepare", "optimize"} <= stages["first_gpu"], stages
+    assert not {"prepare", "optimize"} & (stages["first"] | stages["second"] | stages["second_gpu"]), stages
+    report = json.loads((tmp_path / "first" / "report.json").read_text())
+    worker_class = report["worker"]["hardware"]["hardware_class"]
+    assert report["model"]["hardware_class"] == worker_class and report["worker"]["stages"]["optimize"] > 0
+    built = tmp_path / "first" / "model-gpu"
+    assert json.loads((built / "optimize.json").read_text())["hardware_class"] == worker_class
+    assert {v["name"] for v in report["variants"]} == {"fp32", "int8-dynamic"}
+    assert all(Path(v["path"]).parent == built for v in report["variants"])
+    assert not list((tmp_path / "first").glob("model/*.onnx"))  # nothing built by the pipeline's own process
+    store = MlflowClient(f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}")  # the work directory's default store
+    champion = store.get_model_version_by_alias("mnist-cnn", class_alias_of(worker_class))
+    assert str(champion.version) == "1"
+
+    again = json.loads((tmp_path / "second" / "report.json").read_text())
+    assert again["model"]["reused"]["via"] == class_alias_of(worker_class)
+    assert again["model"]["reused"]["version"] == "1" and again["model"]["variant"] == report["model"]["variant"]
+    assert not list((tmp_path / "second" / "model-gpu").glob("*.onnx"))  # the registered version, downloaded
+    assert again["counts"] == report["counts"]
+    assert len(store.search_model_versions("name = 'mnist-cnn'")) == 1  # the reusing run registered nothing
 
 
 def test_gpu_deployment_refuses_a_model_that_runs_code_unless_the_worker_opted_in(deployed, gpu_worker,

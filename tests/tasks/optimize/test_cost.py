@@ -79,3 +79,14 @@ def test_failures_are_recorded_for_lossy_variants_only():
     assert found == [KnownFailure("minilm", "cpu-amx-2c", "int8-static", "k1", "cosine", 0.92)]
     newer = KnownFailure("minilm", "cpu-amx-2c", "int8-static", "k1", "cosine", 0.93)
     assert merge(found, [newer]) == [newer]
+
+
+def test_a_transformer_gets_no_int8_static_unless_asked(tiny_bert, mnist, avx2):
+    from tasks.optimize.variants import plan_variants
+
+    build, skipped = plan_variants(OptimizeConfig(), tiny_bert, *avx2)
+    assert "int8-static" not in build and "dynamic quantization for transformers" in skipped["int8-static"]
+    assert "int8-dynamic" in build and "fp32-fused" in build
+    asked = OptimizeConfig(variants=("fp32", "int8-static"))
+    assert plan_variants(asked, tiny_bert, *avx2)[0] == ["fp32", "int8-static"]
+    assert "int8-static" in plan_variants(OptimizeConfig(), mnist[0], *avx2)[0]  # a CNN keeps it

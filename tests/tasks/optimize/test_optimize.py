@@ -8,6 +8,7 @@ import pytest
 
 from tasks.optimize.config import OptimizeConfig
 from tasks.optimize.core import optimize_model
+from tasks.optimize.result import OptimizeResult
 
 CONTRACT = {"name", "path", "size_bytes", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "throughput_per_s",
             "best_batch", "peak_mem_mb", "agreement", "accuracy", "selected", "reason", "providers"}
@@ -38,6 +39,9 @@ def test_mnist_variants_are_built_measured_and_one_is_selected(mnist, digits, av
     assert static["calibration"] == {"method": "MinMax", "batches": 2, "items": 32}
     assert static["nodes_excluded"]  # the output head stays fp32
     assert result.skipped == {}
+    back = OptimizeResult.from_dict(table, result.table_path)  # as the pipeline reads a GPU worker's result back
+    assert (back.selected, back.variants, back.skipped) == (result.selected, result.variants, result.skipped)
+    assert back.context["hardware_class"] == "cpu-avx2-2c"
 
 
 def test_skipped_variants_say_why(mnist, digits, avx2, tmp_path):

@@ -1,0 +1,88 @@
+"""The items one refine call works on: how many, the decoded sample adaptation learns from, and how to get the rest.
+
+Refinement never needs the whole set in memory at once: adaptation, its guards, the mixture check and the parity
+sample use a bounded sample; re-inference and TTA take the items they need in chunks. ``Items.of_array`` wraps a
+model-ready batch (the evaluation scripts: the sample is the whole batch, so their results are those of the
+in-memory code before streaming); ``tasks.refine.stream.open_files`` reads files instead. No torch here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+# One forward pass gets at most this many bytes of inputs: 224x224 RGB float32 -> 55 items, 28x28 grey -> 10,000
+# (the configured batch size, 256, applies). Answers do not depend on the batch size, only the memory does.
+BATCH_BYTES = 32 << 20
+
+Reader = Callable[[np.ndarray, int], Iterator[tuple[np.ndarray, np.ndarray]]]
+Reinfer = Callable[[Path, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+def capped_batch(batch_size: int, item_bytes: int, copies: int = 1) -> int:
+    """``batch_size``, lowered so that ``copies`` views of a batch stay within ``BATCH_BYTES``."""
+    return max(1, min(batch_size, BATCH_BYTES // max(1, item_bytes * copies)))
+
+
+@dataclass
+class Items:
+    """``n`` items: ``load_sample`` gives (sorted positions, model-ready inputs) of the adaptation sample, on first
+    use; ``read(positions, size)`` yields (positions that decoded, inputs) chunks of at most ``size``; ``reinfer``
+    (None: in-process sessions) answers positions with an ONNX file through the caller's machinery, as label
+    indices and confidences (-1 and NaN where it gave no answer); ``keys`` are content hashes (None: nothing is
+    kept for reruns); ``memo`` keeps adaptation steps and TTA answers for reruns (``tasks.refine.memo``)."""
+
+    n: int
+    load_sample: Callable[[], tuple[np.ndarray, np.ndarray]]
+    read: Reader
+    item_bytes: int
+    reinfer: Reinfer | None = None
+    keys: np.ndarray | None = None
+    memo: object = None
+    lost: set = field(default_factory=set)  # positions that no longer decode (left as inferred)
+    _sample: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
+
+    @classmethod
+    def of_array(cls, x: np.ndarray) -> "Items":
+        """A model-ready batch held in memory: the sample is every item."""
+        def read(positions: np.ndarray, size: int):
+            for start in range(0, len(positions), size):
+                part = positions[start:start + size]
+                yield part, x[part]
+
+        n = len(x)
+        return cls(n, lambda: (np.arange(n), x), read, int(x[0].nbytes) if n else 1)
+
+    def _loaded(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._sample is None:
+            self._sample = self.load_sample()
+        return self._sample
+
+    @property
+    def sample_idx(self) -> np.ndarray:
+        """Sorted positions of the sample's items."""
+        return self._loaded()[0]
+
+    @property
+    def sample(self) -> np.ndarray:
+        """The sample's model-ready inputs, in ``sample_idx`` order."""
+        return self._loaded()[1]
+
+    def subset(self, idx: np.ndarray) -> "Items":
+        """The items at sorted positions ``idx`` as a set of their own (positions renumbered from 0)."""
+        idx = np.asarray(idx, dtype=np.int64)
+        parent = self
+
+        def load_sample():
+            inside = np.isin(parent.sample_idx, idx)
+            return np.searchsorted(idx, parent.sample_idx[inside]), parent.sample[inside]
+
+        def read(positions: np.ndarray, size: int):
+            for part, x in parent.read(idx[positions], size):
+                yield np.searchsorted(idx, part), x
+
+        reinfer = None if self.reinfer is None else (lambda path, positions: parent.reinfer(path, idx[positions]))
+        keys = None if self.keys is None else self.keys[idx]
+        return Items(len(idx), load_sample, read, self.item_bytes, reinfer, keys, self.memo, self.lost)

@@ -1,0 +1,142 @@
+"""Refine at scale, in the core: a set larger than a memory limit is refined in bounded memory; a rerun replays the
+kept adaptation without torch work; new files are answered by it and adapting again is advised. Real mnist-cnn,
+real PNG files, real ONNX Runtime."""
+import hashlib
+import tracemalloc
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from helios.data.corruptions import apply_corruption
+from helios.models.mnist_data import load_split
+from tasks.refine.config import RefineConfig
+from tasks.refine.context import RefineContext
+from tasks.refine.core import refine_predictions
+from tests.tasks.refine.conftest import infer_frame, write_pngs
+
+CPU = ("CPUExecutionProvider",)
+SMALL = dict(adapt_max_items=256, batch_size=64, tent_epochs=1, max_rounds=1)
+
+
+def with_hashes(frame: pd.DataFrame, root) -> pd.DataFrame:
+    frame = frame.copy()
+    frame["content_hash"] = [hashlib.blake2b((root / p).read_bytes(), digest_size=16).hexdigest() for p in frame["path"]]
+    return frame
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory, mnist_onnx):
+    """6,000 glass-blurred digits (18.8 MB once decoded) in class folders, with the infer stage's columns."""
+    adapter, onnx_path = mnist_onnx
+    x_train, y_train, x_test, y_test = load_split()
+    images = apply_corruption("glass_blur", np.tile(np.concatenate([x_test, x_train]), (2, 1, 1))[:6000],
+                              np.random.default_rng(1))
+    labels = np.tile(np.concatenate([y_test, y_train]), 2)[:6000]
+    root = tmp_path_factory.mktemp("big")
+    paths = write_pngs(root, images, labels)
+    truth = {p: str(int(label)) for p, label in zip(paths, labels)}
+    return root, with_hashes(infer_frame(adapter, onnx_path, root, paths), root), truth
+
+
+class Tripwire:
+    """A model whose torch module refuses every forward pass: proof that a rerun did no torch work."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+
+    def torch_module(self):
+        module = self.adapter.torch_module()
+
+        def refuse(*_):
+            raise AssertionError("torch forward pass on a rerun that should replay the kept adaptation")
+
+        module.register_forward_pre_hook(refuse)
+        return module
+
+    def __getattr__(self, name):
+        return getattr(self.adapter, name)
+
+
+def refine(adapter, onnx_path, work, frame, root, truth=None, **overrides):
+    ctx = RefineContext(RefineConfig(**{**SMALL, **overrides}), adapter, onnx_path, work, CPU, 1)
+    return refine_predictions(ctx, frame, root, truth)
+
+
+def test_a_set_larger_than_the_memory_limit_is_refined_chunk_by_chunk(big, scan, mnist_onnx, tmp_path):
+    adapter, onnx_path = mnist_onnx
+    root, frame, truth = big
+    decoded = len(frame) * 28 * 28 * 4
+    limit = decoded // 2  # the test's memory limit: half the decoded set
+    settings = dict(threshold=0.99, batch_size=32)
+    refine(adapter, onnx_path, tmp_path / "warm", scan.frame, scan.root, **settings)  # imports are not the set's
+    tracemalloc.start()
+    try:
+        out, summary = refine(adapter, onnx_path, tmp_path, frame.drop(columns="content_hash"), root, truth,
+                              **settings)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < limit, f"refine held {peak / 2**20:.1f} MB at its peak; the limit is {limit / 2**20:.1f} MB"
+    assert summary["methods"]["bn-adapt"]["touched"] == len(frame)  # every file re-inferred by the adapted model
+    assert summary["methods"]["tta"]["touched"] > 1000  # the unsure ones augmented, chunk by chunk
+    assert summary["accuracy_after"] > summary["accuracy_before"] + 0.1
+    assert (out["refine_method"] != "").all()
+
+
+def test_a_rerun_replays_the_kept_adaptation_without_torch_work(scan, tmp_path):
+    frame = with_hashes(scan.frame, scan.root)
+    first, s1 = refine(scan.adapter, scan.onnx_path, tmp_path, frame, scan.root, scan.truth, max_rounds=2)
+    assert s1["adaptation"]["run_steps"] == 2 and not s1["adaptation"]["kept"]
+    again, s2 = refine(Tripwire(scan.adapter), scan.onnx_path, tmp_path, frame, scan.root, scan.truth, max_rounds=2)
+    assert s2["adaptation"]["kept"] and s2["adaptation"]["run_steps"] == 0 and s2["adaptation"]["reused_steps"] == 2
+    assert any("no torch work" in n for n in s2["notes"]) and not s2["adaptation"]["readapt_advised"]
+    for column in ("label", "confidence", "refine_method", "ttt_label", "tta_label"):
+        assert first[column].equals(again[column]), column
+    assert s2["accuracy_after"] == s1["accuracy_after"]
+    assert {k: v["touched"] for k, v in s2["methods"].items()} == {k: v["touched"] for k, v in s1["methods"].items()}
+
+
+def test_new_files_are_answered_by_the_kept_adaptation_and_readapting_is_advised(scan, big, tmp_path):
+    old = with_hashes(scan.frame, scan.root)
+    refine(scan.adapter, scan.onnx_path, tmp_path, old, scan.root)
+    root, frame, _ = big
+    for p in frame["path"][:80]:  # 80 files the adaptation never saw join the 160 it learned from
+        (scan.root / "new" / p).parent.mkdir(parents=True, exist_ok=True)
+        (scan.root / "new" / p).write_bytes((root / p).read_bytes())
+    new = frame[:80].assign(path=lambda f: "new/" + f["path"])
+    out, summary = refine(Tripwire(scan.adapter), scan.onnx_path, tmp_path, pd.concat([old, new], ignore_index=True),
+                          scan.root)
+    facts = summary["adaptation"]
+    assert facts["kept"] and facts["run_steps"] == 0 and facts["new_files"] == 80
+    assert facts["new_share"] == pytest.approx(80 / 240, abs=1e-3) and facts["readapt_advised"]
+    assert any("refine.reuse_adaptation=false" in n for n in summary["notes"])
+    answered = out[out["path"].str.startswith("new/")]
+    assert answered["refine_method"].str.contains("bn-adapt").all()  # the kept adapted model answered them
+
+
+def test_other_settings_or_reuse_off_adapt_again(scan, tmp_path):
+    frame = with_hashes(scan.frame, scan.root)
+    refine(scan.adapter, scan.onnx_path, tmp_path, frame, scan.root)
+    _, other = refine(scan.adapter, scan.onnx_path, tmp_path, frame, scan.root, tent_lr=1e-3)
+    assert not other["adaptation"]["kept"] and other["adaptation"]["run_steps"] == 1
+    _, off = refine(scan.adapter, scan.onnx_path, tmp_path, frame, scan.root, tent_lr=1e-3, reuse_adaptation=False)
+    assert not off["adaptation"]["kept"] and off["adaptation"]["run_steps"] == 1
+
+
+def test_a_mixed_set_larger_than_the_sample_places_every_file_and_a_rerun_keeps_the_split(mnist_onnx, tmp_path):
+    adapter, onnx_path = mnist_onnx
+    _, _, x, y = load_split()
+    fog = np.arange(len(x)) >= 500
+    images = np.where(fog[:, None, None], apply_corruption("fog", x, np.random.default_rng(3)), x)
+    root = tmp_path / "in"
+    frame = with_hashes(infer_frame(adapter, onnx_path, root, write_pngs(root, images, y)), root)
+    truly_fog = frame["path"].map(lambda p: fog[int(p.split("/")[1][:4])]).to_numpy()
+    out, summary = refine(adapter, onnx_path, tmp_path / "work", frame, root)
+    mixture = summary["mixture"]
+    assert mixture["split"] and mixture["sample"] == 256 and mixture["forward_passes"] == len(frame)
+    assert abs(mixture["groups"]["shifted"]["items"] - 500) <= 10  # the 744 files outside the sample placed too
+    assert (out.loc[~truly_fog, "refine_method"].isin(["", "tta"])).mean() >= 0.98  # clean files left alone
+    again, kept = refine(Tripwire(adapter), onnx_path, tmp_path / "work", frame, root)
+    assert kept["mixture"]["groups"] == mixture["groups"] and kept["adaptation"]["run_steps"] == 0
+    assert again["label"].equals(out["label"])
