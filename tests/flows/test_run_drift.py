@@ -9,8 +9,10 @@ import pytest
 
 from helios.cli.config_file import load_config
 
+# Three different sets in one work directory: each adapts afresh (a kept adaptation would answer a wholly new set,
+# with readapt_advised in the report: tasks/refine/memo.py).
 SMALL = ("demo.n=200", "optimize.variants=[fp32]", "optimize.eval_samples=64", "optimize.latency_runs=5",
-         "review.enabled=false")
+         "review.enabled=false", "refine.reuse_adaptation=false")
 
 
 def run_on(tmp_path, name: str, corrupt: tuple[str, ...], seed: int) -> dict:
