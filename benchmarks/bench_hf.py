@@ -152,6 +152,19 @@ def interleaved(runners: dict, paths: list[Path], chunk: int = 256) -> dict:
     return {k: (seconds[k], np.concatenate(preds[k])) for k in runners}
 
 
+def print_table(unit: str, batching: str, n: int, helios: dict, torch_run, ort_run, p_helios) -> None:
+    """The three contenders' rates, ratios and top-1 agreement with PyTorch, as a Markdown table."""
+    (t_torch, p_torch), (t_ort, p_ort) = torch_run, ort_run
+    rates = {"helios": n / helios["stages"]["infer"], "pytorch": n / t_torch, "ort": n / t_ort}
+    print(f"\n| contender | {unit} | vs PyTorch | vs bare ORT | top-1 agreement with PyTorch |\n|---|---:|---:|---:|---:|")
+    print(f"| PyTorch transformers loop, {batching}, {THREADS} threads | {rates['pytorch']:.1f} | 1.00x | "
+          f"{rates['pytorch'] / rates['ort']:.2f}x | |")
+    print(f"| bare ORT loop, Helios's {helios['variant']} | {rates['ort']:.1f} | {rates['ort'] / rates['pytorch']:.2f}x | "
+          f"1.00x | {(p_ort == p_torch).mean():.4f} |")
+    print(f"| Helios infer stage ({helios['variant']}) | {rates['helios']:.1f} | {rates['helios'] / rates['pytorch']:.2f}x"
+          f" | {rates['helios'] / rates['ort']:.2f}x | {(p_helios == p_torch).mean():.4f} |")
+
+
 def helios_labels(predictions: Path, paths: list[Path], root: Path) -> np.ndarray:
     import pandas as pd
 
@@ -171,15 +184,7 @@ def bench_image(args) -> None:
     (t_torch, p_torch), (t_ort, p_ort) = both["pytorch"], both["ort"]
     print(f"pytorch and bare ORT done; {load()}", flush=True)
     p_helios = helios_labels(helios["predictions"], paths, files)
-    n = len(paths)
-    rates = {"helios": n / helios["stages"]["infer"], "pytorch": n / t_torch, "ort": n / t_ort}
-    print(f"\n| contender | img/s | vs PyTorch | vs bare ORT | top-1 agreement with PyTorch |\n|---|---:|---:|---:|---:|")
-    print(f"| PyTorch transformers loop, batch {BATCH}, {THREADS} threads | {rates['pytorch']:.1f} | 1.00x | "
-          f"{rates['pytorch'] / rates['ort']:.2f}x | |")
-    print(f"| bare ORT loop, Helios's {helios['variant']} | {rates['ort']:.1f} | {rates['ort'] / rates['pytorch']:.2f}x | "
-          f"1.00x | {(p_ort == p_torch).mean():.4f} |")
-    print(f"| Helios infer stage ({helios['variant']}) | {rates['helios']:.1f} | {rates['helios'] / rates['pytorch']:.2f}x"
-          f" | {rates['helios'] / rates['ort']:.2f}x | {(p_helios == p_torch).mean():.4f} |")
+    print_table("img/s", f"batch {BATCH}", len(paths), helios, (t_torch, p_torch), (t_ort, p_ort), p_helios)
     print(f"\nhelios run wall {helios['wall_s']:.1f} s; stages {helios['stages']}")
 
 
@@ -336,14 +341,7 @@ def bench_text_speed(args) -> None:
     frame = pd.read_parquet(helios["predictions"]).set_index("path")
     p_helios = np.array([labels.index(str(frame.loc[f"t{i}", "label"])) for i in range(len(texts))])
     n = len(texts)
-    rates = {"helios": n / helios["stages"]["infer"], "pytorch": n / t_torch, "ort": n / t_ort}
-    print(f"\n| contender | texts/s | vs PyTorch | vs bare ORT | top-1 agreement with PyTorch |\n|---|---:|---:|---:|---:|")
-    print(f"| PyTorch transformers loop, batch {BATCH} by length, {THREADS} threads | {rates['pytorch']:.1f} | 1.00x | "
-          f"{rates['pytorch'] / rates['ort']:.2f}x | |")
-    print(f"| bare ORT loop, Helios's {helios['variant']} | {rates['ort']:.1f} | {rates['ort'] / rates['pytorch']:.2f}x | "
-          f"1.00x | {(p_ort == p_torch).mean():.4f} |")
-    print(f"| Helios infer stage ({helios['variant']}) | {rates['helios']:.1f} | {rates['helios'] / rates['pytorch']:.2f}x"
-          f" | {rates['helios'] / rates['ort']:.2f}x | {(p_helios == p_torch).mean():.4f} |")
+    print_table("texts/s", f"batch {BATCH} by length", n, helios, (t_torch, p_torch), (t_ort, p_ort), p_helios)
     print(f"\nhelios run wall {helios['wall_s']:.1f} s ({n / helios['wall_s']:.1f} texts/s whole run); "
           f"stages {helios['stages']}")
 

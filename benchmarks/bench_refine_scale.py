@@ -24,25 +24,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from bench_infer import load, tree_rss  # noqa: E402
 from bench_refine_corpus import link_prefix, write_mnist, write_rgb  # noqa: E402
 
 STAMP = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) \|")
-
-
-def load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def tree_rss(proc) -> int:
-    import psutil
-
-    total = 0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 EVENTS = (("infer", r"Beginning subflow run '[^']+' for flow 'helios-infer'"),
