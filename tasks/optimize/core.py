@@ -22,7 +22,8 @@ import numpy as np
 from helios.models.base import Decoded, InputError, ModelAdapter
 from helios.samples import decode_files
 from tasks.optimize.config import OptimizeConfig
-from tasks.optimize.evaluate import measure, order_for_batching, quality, time_pass, workload
+from tasks.optimize.evaluate import (measure, order_for_batching, quality, run_batch_sizes, run_outputs,
+                                     time_pass, workload)
 from tasks.optimize.known import KnownFailure, recipe_key, skip_known
 from tasks.optimize.rank import Arm, rank_arms
 from tasks.optimize.result import OptimizeResult, VariantReport
@@ -99,9 +100,12 @@ def measure_and_select(cfg, adapter, source, names, skipped, out_dir, rec, truth
     order = order_for_batching(adapter, items[:n_eval])
     evals = [items[i] for i in order]
     truth_eval = truth_idx[order] if truth_idx is not None else None
-    work = workload(adapter, evals, cfg.batch_sizes, cfg.latency_runs, TIMING_ITEMS)
+    sizes, not_timed = run_batch_sizes(adapter, evals, cfg.batch_sizes, rec.providers)
+    work = workload(adapter, evals, sizes, cfg.latency_runs, TIMING_ITEMS)
     context["sample"] = {"eval_items": len(evals), "calibration_items": min(len(items), n_calib),
                          "timing_items": work.timed_items, "run_items": run_items}
+    if not_timed:
+        context["sample"]["batch_sizes_not_timed"] = not_timed
     start = time.perf_counter()
     deadline = start + cfg.time_budget_s
     evaluated, reference, fused, arms = [], None, None, []
@@ -160,18 +164,24 @@ class _Evaluated:
 
 def evaluate_variant(name, cfg, adapter, source, fused, out_dir, rec, calibration, work, truth_eval,
                      reference) -> _Evaluated:
-    """Build and measure one variant; a build or run failure becomes a row with ``error`` (fallback still raises)."""
+    """Build and measure one variant; a build or run failure becomes a row with ``error`` (fallback still raises).
+
+    A lossless variant other than the reference (fp32-fused: the same function, regrouped) is checked against the
+    reference on the timing subset only; if every item there agrees it takes the reference's accuracy, otherwise it
+    is measured on the whole sample like a lossy one. int8-dynamic outside the quality budget is rebuilt with its
+    most sensitive MatMuls in fp32 (``retry_sensitive``) and measured again."""
+    subset = reference is not None and name in LOSSLESS
     try:
         built = build_variant(name, adapter, source, fused, out_dir, rec, calibration, cfg)
-        if name == "int8-dynamic":
-            built = retry_sensitive(built, cfg, adapter, source, fused, out_dir, rec, calibration, work, reference)
-        ref = reference
-
-        def worth_timing(outputs) -> bool:
-            return ref is None or quality_ok(adapter.task, quality(adapter.task, outputs, ref, None), cfg)
-        runner, measured = measure(lambda: open_runner(built.path, rec.providers, rec.intra_op_threads,
-                                                       rec.inter_op_threads, cfg.on_provider_fallback,
-                                                       built.optimized_offline), work, worth_timing)
+        runner, measured, q = measure_built(built, cfg, adapter, rec, work, truth_eval, reference, subset)
+        if subset and q["agreement"] < 1.0:  # not as lossless as it should be: judge it on the whole sample
+            runner, measured, q = measure_built(built, cfg, adapter, rec, work, truth_eval, reference, False)
+        if name == "int8-dynamic" and reference is not None and not quality_ok(adapter.task, q, cfg):
+            retried = retry_sensitive(built, cfg, adapter, source, fused, out_dir, rec, calibration, work, reference,
+                                      q)
+            if retried is not built:  # rebuilt with MatMuls kept in fp32
+                built = retried
+                runner, measured, q = measure_built(built, cfg, adapter, rec, work, truth_eval, reference, False)
     except ProviderFallback:
         raise
     except (RuntimeError, ValueError, KeyError, OSError, InputError, *ort_errors()) as exc:  # record, keep going
@@ -179,15 +189,36 @@ def evaluate_variant(name, cfg, adapter, source, fused, out_dir, rec, calibratio
         path = out_dir / f"{name}.onnx"
         return _Evaluated(VariantReport(name, path, adapter.task, path.stat().st_size if path.exists() else 0,
                                         None, None, None, None, None, None, error=f"{type(exc).__name__}: {exc}"[:500]))
-    q = quality(adapter.task, measured.outputs, reference if reference is not None else measured.outputs, truth_eval)
     handle = runner.handle
     variant = VariantReport(
         name, built.path, adapter.task, built.path.stat().st_size, *measured.latency_ms,
         measured.throughput_by_batch.get(measured.best_batch), measured.best_batch, measured.peak_mem_mb,
         agreement=q["agreement"], cosine=q.get("cosine"), min_cosine=q.get("min_cosine"), accuracy=q.get("accuracy"),
         providers=handle.actual, requested_providers=handle.requested, fell_back=handle.fell_back,
-        throughput_by_batch=measured.throughput_by_batch)
+        throughput_by_batch=measured.throughput_by_batch, quality_items=len(measured.outputs[0]))
     return _Evaluated(variant, measured.outputs, runner)
+
+
+def measure_built(built, cfg, adapter, rec, work, truth_eval, reference, subset: bool):
+    """(runner, Measured, quality) of a built variant; ``subset``: quality on the timing subset, accuracy taken
+    from the reference (meaningful only when every item agrees, which the caller checks)."""
+    ref = reference
+    if subset:
+        ref = [r[work.timed_idx] for r in reference]
+
+    def worth_timing(outputs) -> bool:
+        return ref is None or quality_ok(adapter.task, quality(adapter.task, outputs, ref, None), cfg)
+    runner, measured = measure(lambda: open_runner(built.path, rec.providers, rec.intra_op_threads,
+                                                   rec.inter_op_threads, cfg.on_provider_fallback,
+                                                   built.optimized_offline), work, worth_timing, subset)
+    outputs = measured.outputs
+    if ref is None:
+        return runner, measured, quality(adapter.task, outputs, outputs, truth_eval)
+    q = quality(adapter.task, outputs, ref, None)
+    if truth_eval is not None:
+        q["accuracy"] = quality(adapter.task, reference, reference, truth_eval).get("accuracy") if subset else \
+            quality(adapter.task, outputs, ref, truth_eval).get("accuracy")
+    return runner, measured, q
 
 
 def untimed(name: str, path: Path, adapter: ModelAdapter, rec, reason: str, on_fallback: str = "warn",
@@ -206,12 +237,10 @@ def untimed(name: str, path: Path, adapter: ModelAdapter, rec, reason: str, on_f
 
 def labelled_accuracy(cfg, adapter, path: Path, sample_paths: list[Path], truth: dict[str, str], rec) -> float | None:
     """Accuracy of ``path`` on the labelled sample (one pass, not timed)."""
-    from tasks.optimize.evaluate import run_outputs
-
     items, truth_idx = load_eval_sample(adapter, sample_paths, cfg.eval_samples, truth)
     runner = open_runner(path, rec.providers, rec.intra_op_threads, rec.inter_op_threads, cfg.on_provider_fallback,
                          True)
-    outputs = run_outputs(runner, workload(adapter, items, cfg.batch_sizes, 1, 1))
+    outputs = run_outputs(runner, workload(adapter, items, cfg.batch_sizes, 1, 1).whole)
     return quality(adapter.task, outputs, outputs, truth_idx).get("accuracy")
 
 

@@ -3,9 +3,11 @@
 Throughput: a first pass per batch size when the variant is opened, then further passes that the stage's ranking
 (``tasks.optimize.rank``) interleaves over the variants still in the running, keeping each one's best — on a shared
 machine a burst of load would otherwise decide the winner. Throughput passes run over a timing subset spread evenly
-over the sample (quality uses the whole sample, once, untimed); a pass repeats until it has run ``MIN_TIMED_S``:
-256 digits at batch 128 are two runs and ~20 ms, too short to time (the stage once ranked int8-static 0.96x fp32
-that way, where the benchmark measures 1.34x).
+over the sample; a pass repeats until it has run ``MIN_TIMED_S``: 256 digits at batch 128 are two runs and ~20 ms,
+too short to time (the stage once ranked int8-static 0.96x fp32 that way, where the benchmark measures 1.34x).
+The quality pass (every item once, at the quality batch size) is timed too: when it ran at least ``MIN_TIMED_S`` it
+is the first figure at that batch size, and no separate first pass is run there. A lossless variant (``subset``)
+runs its quality pass over the timing subset only.
 
 Peak memory is the growth of this process's resident set (RSS) over its level just before the session is
 created, sampled every 2 ms on a helper thread while the session is built and runs; freed heap is handed back
@@ -111,6 +113,9 @@ class Workload:
     batches: dict[int, list[dict[str, np.ndarray]]]
     whole: list[dict[str, np.ndarray]]  # every item once, for quality
     timed_items: int  # items in each throughput pass (the timing subset)
+    quality_batch: int = 32  # the batch size of ``whole`` (and ``timed_whole``)
+    timed_whole: list[dict[str, np.ndarray]] = field(default_factory=list)  # the timing subset at quality_batch
+    timed_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # its positions in ``items``
 
 
 def workload(adapter: ModelAdapter, items: list[Decoded], batch_sizes: tuple[int, ...], latency_runs: int,
@@ -119,25 +124,51 @@ def workload(adapter: ModelAdapter, items: list[Decoded], batch_sizes: tuple[int
     two of the largest batches) are spread evenly over the whole sample, so they keep its mix of sizes."""
     big = max(batch_sizes)
     n_timed = len(items) if timing_items is None else min(len(items), max(timing_items, 2 * big))
-    timed = [items[i * len(items) // n_timed] for i in range(n_timed)]
+    timed_idx = np.array([i * len(items) // n_timed for i in range(n_timed)], dtype=np.int64)
+    timed = [items[i] for i in timed_idx]
     runs = min(latency_runs, len(items))
     singles = [adapter.collate([items[i * len(items) // runs]]) for i in range(runs)]
     batches = {b: [adapter.collate(timed[i:i + b]) for i in range(0, n_timed, b)] for b in batch_sizes if b > 1}
     size = (min(big, TEXT_QUALITY_BATCH) if adapter.modality == "text" else big) if big > 1 else 32
     whole = [adapter.collate(items[i:i + size]) for i in range(0, len(items), size)]
-    return Workload(items, singles, batches, whole, n_timed)
+    timed_whole = [adapter.collate(timed[i:i + size]) for i in range(0, n_timed, size)]
+    return Workload(items, singles, batches, whole, n_timed, size, timed_whole, timed_idx)
+
+
+def run_batch_sizes(adapter: ModelAdapter, items: list[Decoded], sizes: tuple[int, ...],
+                    providers: tuple[str, ...]) -> tuple[tuple[int, ...], str | None]:
+    """The batch sizes worth timing, and why others are not. Text on CPU: the infer stage's batches hold at most
+    ``CPU_MAX_BATCH_TOKENS`` padded tokens (``tasks.infer.engine``), so a batch size above what that budget lets
+    through for this sample's median length is never run there, and timing it could only mislead the ranking."""
+    if adapter.modality != "text" or "CUDAExecutionProvider" in providers or not items:
+        return sizes, None
+    from tasks.infer.engine import CPU_MAX_BATCH_TOKENS
+
+    tokens = int(np.median([next(iter(adapter.collate([item]).values())).shape[-1] for item in items]))
+    cap = max(1, CPU_MAX_BATCH_TOKENS // max(tokens, 1))
+    kept = tuple(b for b in sizes if b <= cap) or (min(sizes),)
+    if kept == sizes:
+        return sizes, None
+    left = [b for b in sizes if b not in kept]
+    return kept, (f"batch sizes {left} not timed: on CPU the infer stage's text batches hold at most "
+                  f"{CPU_MAX_BATCH_TOKENS} padded tokens, about {cap} of this sample's texts (median {tokens} tokens)")
 
 
 def measure(open_fn: Callable[[], object], work: Workload,
-            worth_timing: Callable[[list[np.ndarray]], bool] = lambda outputs: True) -> tuple[object, Measured]:
-    """Open the variant with ``open_fn``; its outputs over the whole sample (untimed, for quality), then, when
-    ``worth_timing(outputs)`` (a variant outside the quality budget cannot be chosen), latency at batch 1 and a
-    first timed pass per batch size; peak memory throughout."""
+            worth_timing: Callable[[list[np.ndarray]], bool] = lambda outputs: True,
+            subset: bool = False) -> tuple[object, Measured]:
+    """Open the variant with ``open_fn``; its outputs over the whole sample (``subset``: the timing subset) for
+    quality, then, when ``worth_timing(outputs)`` (a variant outside the quality budget cannot be chosen), latency at
+    batch 1 and a first timed pass per batch size (the quality pass is the one at its batch size when it ran long
+    enough to time); peak memory throughout."""
     with PeakRss() as mem:
         runner = open_fn()
         for feed in work.singles[:3]:
             runner.run(feed)  # warm-up: first runs allocate and pick kernels
-        outputs = run_outputs(runner, work)
+        feeds, n_items = (work.timed_whole, work.timed_items) if subset else (work.whole, len(work.items))
+        start = time.perf_counter()
+        outputs = run_outputs(runner, feeds)
+        quality_s = time.perf_counter() - start
         if not worth_timing(outputs):
             return runner, Measured((None, None, None), {}, mem.peak_mb, outputs)
         times = []
@@ -148,6 +179,9 @@ def measure(open_fn: Callable[[], object], work: Workload,
         lat = np.array(times) * 1000
         throughput = {1: round(len(times) / float(np.sum(times)), 2)}
         for size in work.batches:
+            if size == work.quality_batch and quality_s >= MIN_TIMED_S:
+                throughput[size] = round(n_items / quality_s, 2)
+                continue
             runner.run(work.batches[size][0])
             throughput[size] = time_pass(runner, work, size)
     p50, p95, p99 = (round(float(np.percentile(lat, q)), 3) for q in (50, 95, 99))
@@ -161,9 +195,9 @@ def time_pass(runner, work: Workload, size: int) -> float:
     return items_per_s(lambda: [runner.run(f) for f in work.batches[size]], work.timed_items)
 
 
-def run_outputs(runner, work: Workload) -> list[np.ndarray]:
-    """All outputs over the sample in item order (for quality only; not timed)."""
-    results = [runner.run(f) for f in work.whole]
+def run_outputs(runner, feeds: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
+    """All outputs over ``feeds`` (e.g. ``Workload.whole``: the sample) in item order."""
+    results = [runner.run(f) for f in feeds]
     return [np.concatenate(parts) for parts in zip(*results)]
 
 

@@ -31,6 +31,7 @@ class VariantReport:
     selected: bool = False
     reason: str = ""
     error: str | None = None  # building or running failed: the variant did not compete
+    quality_items: int | None = None  # items its quality was measured on (fp32-fused: the timing subset)
 
     def with_verdict(self, selected: bool, reason: str) -> VariantReport:
         return replace(self, selected=selected, reason=reason)
@@ -46,6 +47,7 @@ class VariantReport:
             "selected": self.selected, "reason": self.reason, "providers": list(self.providers),
             "requested_providers": list(self.requested_providers), "fell_back": self.fell_back,
             "throughput_by_batch": {str(k): v for k, v in self.throughput_by_batch.items()}, "error": self.error,
+            "quality_items": self.quality_items,
         }
 
     @classmethod
@@ -59,7 +61,8 @@ class VariantReport:
                    min_cosine=data.get("min_cosine"), accuracy=data.get("accuracy"),
                    providers=tuple(data["providers"]), requested_providers=tuple(data["requested_providers"]),
                    fell_back=data["fell_back"], selected=data["selected"], reason=data["reason"], error=data["error"],
-                   throughput_by_batch={int(k): v for k, v in data["throughput_by_batch"].items()})
+                   throughput_by_batch={int(k): v for k, v in data["throughput_by_batch"].items()},
+                   quality_items=data.get("quality_items"))
 
 
 @dataclass(frozen=True)

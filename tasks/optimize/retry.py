@@ -13,18 +13,21 @@ from tasks.optimize.variants import Built, build_variant
 from tasks.prepare.export import write_recipe
 
 
-def retry_sensitive(built: Built, cfg, adapter, source, fused, out_dir, rec, calibration, work, reference) -> Built:
+def retry_sensitive(built: Built, cfg, adapter, source, fused, out_dir, rec, calibration, work, reference,
+                    first: dict) -> Built:
     """Keep the MatMuls with the worst measured quantization error in fp32, a quarter of them per retry, until the
-    variant is within budget or ``optimize.int8_retries`` is spent; the attempts go into its recipe."""
+    variant is within budget or ``optimize.int8_retries`` is spent; the attempts go into its recipe. ``first`` is
+    the quality the caller measured for ``built`` (the first attempt)."""
     exclude = list(built.recipe["quantization"]["nodes_excluded"])
     ranking: list[str] | None = None
-    attempts = []
+    attempts, q = [], first
     for attempt in range(cfg.int8_retries + 1):
-        runner = open_runner(built.path, ("CPUExecutionProvider",), rec.intra_op_threads)
-        q = quality(adapter.task, run_outputs(runner, work), reference, None)
+        if attempt:
+            runner = open_runner(built.path, ("CPUExecutionProvider",), rec.intra_op_threads)
+            q = quality(adapter.task, run_outputs(runner, work.whole), reference, None)
         probe = VariantReport(built.name, built.path, adapter.task, 0, None, None, None, 1.0, 1, None,
                               agreement=q["agreement"], cosine=q.get("cosine"))
-        attempts.append({"excluded": len(exclude), **{k: round(v, 5) for k, v in q.items()}})
+        attempts.append({"excluded": len(exclude), **{k: round(v, 5) for k, v in q.items() if k != "accuracy"}})
         if quality_problem(probe, cfg.min_agreement, cfg.min_cosine) is None or attempt == cfg.int8_retries:
             break
         base = fused or source

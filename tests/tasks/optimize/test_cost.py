@@ -90,3 +90,24 @@ def test_a_transformer_gets_no_int8_static_unless_asked(tiny_bert, mnist, avx2):
     asked = OptimizeConfig(variants=("fp32", "int8-static"))
     assert plan_variants(asked, tiny_bert, *avx2)[0] == ["fp32", "int8-static"]
     assert "int8-static" in plan_variants(OptimizeConfig(), mnist[0], *avx2)[0]  # a CNN keeps it
+
+
+def test_text_is_timed_at_the_batches_infer_runs_and_fused_is_checked_on_the_timing_items(tiny_bert, texts, avx2,
+                                                                                          tmp_path, monkeypatch):
+    from tasks.optimize import core
+    from tasks.prepare.config import PrepareConfig
+    from tasks.prepare.core import prepare_model
+
+    monkeypatch.setattr(core, "TIMING_ITEMS", 16)  # 48 texts in the sample, 16 of them timed
+    prepared = prepare_model(PrepareConfig(), tiny_bert, texts, tmp_path / "prep")
+    cfg = OptimizeConfig(variants=("fp32", "fp32-fused"), eval_samples=48, latency_runs=5, batch_sizes=(1, 8, 128))
+    result = optimize_model(cfg, tiny_bert, prepared, texts, tmp_path, *avx2, run_items=5000)
+    table = json.loads(result.table_path.read_text())
+    # texts of up to 64 tokens: the infer stage's 1,024-token CPU batches never hold 128 of them
+    assert "[128] not timed" in table["sample"]["batch_sizes_not_timed"]
+    by_name = {v.name: v for v in result.variants}
+    for v in result.variants:
+        assert set(v.throughput_by_batch) == {1, 8} and v.throughput_per_s > 0
+    assert by_name["fp32"].quality_items == 48 and by_name["fp32-fused"].quality_items == 16
+    assert by_name["fp32-fused"].agreement == 1.0 and by_name["fp32-fused"].cosine > 0.9999
+    assert table["variants"][1]["quality_items"] == 16
