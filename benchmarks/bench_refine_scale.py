@@ -129,7 +129,8 @@ def rgb(args) -> list[dict]:
     files = write_rgb(args.n, work / f"rgb-{args.n}")
     model = build_resnet18(work / "resnet18-random")
     out = work / f"refine-scale-rgb-{args.n}"
-    subprocess.run(["rm", "-rf", str(out)], check=True)
+    if not args.keep:
+        subprocess.run(["rm", "-rf", str(out)], check=True)
     return [helios_run(f"rgb-{args.n}", out, ["--input", str(files), "--model", str(model), *settings(args)])]
 
 
@@ -167,6 +168,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50_000)
     parser.add_argument("--big", type=int, default=200_000)
     parser.add_argument("--work", default="/tmp/hbench")
+    parser.add_argument("--keep", action="store_true", help="rgb: keep the run directory of an earlier run (its "
+                        "infer answers are reused; refine runs afresh unless its adaptation was kept)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a helios run setting")
     args = parser.parse_args()
     print(f"load {load()}", flush=True)

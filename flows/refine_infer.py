@@ -109,6 +109,7 @@ def refine_context(run, onnx_path: Path, providers: tuple[str, ...], rec, profil
     variant, run with ``providers``) is the source; adapted models re-infer through ``AdaptedInfer`` in
     ``RUN_DIR/refine-infer``, on this machine. ``--full`` (``infer.full``) adapts again too."""
     config, catalog = run.config, run.catalog
+    release_engines()  # the infer stage is done: its sessions (ONNX Runtime keeps its largest batch's memory) go
     cfg = config.refine
     if config.infer.full:
         cfg = cfg.model_copy(update={"reuse_adaptation": False})

@@ -164,11 +164,11 @@ def get_engine(ref: ModelRef) -> Engine:
         return engine
 
 
-def release_engines(identity: str) -> int:
-    """Drop this process's engines of a model identity (a model that will not run again here, e.g. one of refine's
-    adapted models); their sessions and memory go with them. Returns how many were dropped."""
+def release_engines(identity: str | None = None) -> int:
+    """Drop this process's engines of a model identity (None: all of them), e.g. once a stage is done with a model
+    that will not run here again; their sessions and ONNX Runtime memory go with them. Returns how many were dropped."""
     with _LOCK:
-        keys = [key for key in _ENGINES if key[0] == identity]
+        keys = [key for key in _ENGINES if identity is None or key[0] == identity]
         for key in keys:
             del _ENGINES[key]
     return len(keys)

@@ -1,7 +1,7 @@
 """TTA over the items a round routes to it, chunk by chunk, never the whole set at once.
 
-With content hashes (``Items.keys``) and a memo, each chunk's answers are written as one Parquet part under the work
-folder, keyed by the model file's hash, the policy and the merge mode: a rerun, or a run killed half-way, takes
+With content hashes (``Items.keys``) and a memo, the answers are written as Parquet parts of ``PART_ITEMS`` under the
+work folder, keyed by the model file's hash, the policy and the merge mode: a rerun, or a run killed half-way, takes
 those answers as they are and augments only the rest.
 """
 from __future__ import annotations
@@ -18,6 +18,7 @@ from tasks.refine.memo import write_table
 from tasks.refine.state import Run
 
 CHUNK_BATCHES = 8  # batches decoded ahead of one another: a chunk's inputs are all that is held
+PART_ITEMS = 2048  # answers per cache part: a kill loses at most these
 
 
 class TtaCache:
@@ -29,7 +30,7 @@ class TtaCache:
         frames = [pq.read_table(p).to_pandas() for p in parts]
         table = pd.concat(frames) if frames else pd.DataFrame({"key": [], "label": [], "confidence": []})
         self.known = table.drop_duplicates("key", keep="last").set_index("key")
-        self.parts = len(parts)
+        self.parts, self.pending = len(parts), []
 
     def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(found mask, labels, confidences) for ``keys``."""
@@ -38,9 +39,16 @@ class TtaCache:
         return found, got["label"].fillna(-1).to_numpy(np.int64), got["confidence"].to_numpy(np.float64)
 
     def add(self, keys: np.ndarray, labels: np.ndarray, conf: np.ndarray) -> None:
-        write_table({"key": np.asarray(keys).astype(str), "label": labels.astype(np.int64),
-                     "confidence": conf.astype(np.float64)}, self.folder / f"{self.parts:06d}.parquet")
-        self.parts += 1
+        """Keep a chunk's answers; they are written as a part once ``PART_ITEMS`` have gathered (and by ``flush``)."""
+        self.pending.append((np.asarray(keys).astype(str), labels.astype(np.int64), conf.astype(np.float64)))
+        if sum(len(k) for k, _, _ in self.pending) >= PART_ITEMS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            keys, labels, conf = (np.concatenate(c) for c in zip(*self.pending))
+            write_table({"key": keys, "label": labels, "confidence": conf}, self.folder / f"{self.parts:06d}.parquet")
+            self.parts, self.pending = self.parts + 1, []
 
 
 def augment_items(run: Run, policy: tta.Policy, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -62,6 +70,8 @@ def augment_items(run: Run, policy: tta.Policy, idx: np.ndarray) -> tuple[np.nda
         conf.append(probs.max(1))
         if cache is not None:
             cache.add(items.keys[part], labels[-1], conf[-1])
+    if cache is not None:
+        cache.flush()
     if not positions:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     return np.concatenate(positions), np.concatenate(labels).astype(np.int64), np.concatenate(conf)

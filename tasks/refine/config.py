@@ -28,6 +28,9 @@ class RefineConfig(StageConfig):
                                    "adaptation (no torch work) and answer new files with it; false adapts again.")
     readapt_share: float = Field(0.2, ge=0, le=1, description="Advise adapting again when more than this share of "
                                  "the files were not in the set the kept adaptation learned from.")
+    readapt_auto_share: float = Field(0.5, ge=0, le=1, description="Adapt again without being asked when more than "
+                                      "this share of the files are new: most of the set is then another set, not "
+                                      "an increment of the one the adaptation learned from (1: never).")
     ttt_min_routed_share: float = Field(0.05, ge=0, le=1, description="TTT adapts a set with at least this share of "
                                         "items below the threshold ...")
     ttt_min_shift: float = Field(0.05, ge=0, description="... or whose BN statistics moved at least this much "

@@ -13,9 +13,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-# One forward pass gets at most this many bytes of inputs: 224x224 RGB float32 -> 55 items, 28x28 grey -> 10,000
-# (the configured batch size, 256, applies). Answers do not depend on the batch size, only the memory does.
-BATCH_BYTES = 32 << 20
+# One forward pass gets at most this many bytes of inputs: 224x224 RGB float32 -> 13 items, 28x28 grey -> 2,675
+# (the configured batch size, 256, applies). Answers do not depend on the batch size, only the memory does: BN-adapt
+# measures a 224x224 ResNet layer in float64, 6.4 MB per item at its first BatchNorm.
+BATCH_BYTES = 8 << 20
+KEEP_SAMPLE_BYTES = 64 << 20  # a sample this large is freed during re-inference and decoded again when needed
 
 Reader = Callable[[np.ndarray, int], Iterator[tuple[np.ndarray, np.ndarray]]]
 Reinfer = Callable[[Path, np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -42,6 +44,7 @@ class Items:
     keys: np.ndarray | None = None
     memo: object = None
     lost: set = field(default_factory=set)  # positions that no longer decode (left as inferred)
+    parent: "Items | None" = None  # the set this one is a subset of (it holds the decoded sample too)
     _sample: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
@@ -59,6 +62,13 @@ class Items:
         if self._sample is None:
             self._sample = self.load_sample()
         return self._sample
+
+    def drop_sample(self) -> None:
+        """Free a large decoded sample while other work runs (re-inference); it is decoded again when next used."""
+        if self._sample is not None and self._sample[1].nbytes >= KEEP_SAMPLE_BYTES:
+            self._sample = None
+        if self.parent is not None:
+            self.parent.drop_sample()
 
     @property
     def sample_idx(self) -> np.ndarray:
@@ -85,4 +95,4 @@ class Items:
 
         reinfer = None if self.reinfer is None else (lambda path, positions: parent.reinfer(path, idx[positions]))
         keys = None if self.keys is None else self.keys[idx]
-        return Items(len(idx), load_sample, read, self.item_bytes, reinfer, keys, self.memo, self.lost)
+        return Items(len(idx), load_sample, read, self.item_bytes, reinfer, keys, self.memo, self.lost, parent)

@@ -6,6 +6,7 @@ rerun with the same key replays the kept steps without torch work; their re-infe
 index. A kill between steps loses at most the step in progress. Files that are new since the adaptation are
 answered by the kept models; ``open_memo`` says how many there are, and advises adapting again when their share of
 the set exceeds ``refine.readapt_share``: the kept statistics then describe too little of what is being answered.
+Above ``refine.readapt_auto_share`` (most of the set is new: another set, not an increment) it adapts again itself.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from tasks.refine.ttt import Adaptation
 
 KEY_FILE, SET_FILE = "adaptation.json", "adapted-set.parquet"
 KEPT = (KEY_FILE, SET_FILE, "adapted", "like-source", "shifted", "tta", "probe", "mixture.json", "groups.parquet")
-COMPUTE_ONLY = {"enabled", "batch_size", "reuse_adaptation", "readapt_share"}  # change speed or advice, not answers
+COMPUTE_ONLY = {"enabled", "batch_size", "reuse_adaptation", "readapt_share", "readapt_auto_share"}  # change speed or advice, not answers
 
 
 def file_sha256(path: Path) -> str:
@@ -135,17 +136,19 @@ def clear(root: Path) -> None:
 
 def open_memo(ctx: RefineContext, keys: np.ndarray) -> tuple[Memo, dict]:
     """This model and settings' memo, and the facts for the report: whether an adaptation is kept, how many files
-    it did not see, and whether adapting again is advised."""
-    key, root = adaptation_key(ctx), ctx.work_dir
+    it did not see, whether adapting again is advised, or was done because most files are new (``readapted``)."""
+    key, root, cfg = adaptation_key(ctx), ctx.work_dir, ctx.cfg
     meta = read_json(root / KEY_FILE)
     facts = {"key": key, "kept": False, "new_files": 0, "new_share": 0.0, "readapt_advised": False}
-    if meta is not None and meta.get("key") == key and ctx.cfg.reuse_adaptation and (root / SET_FILE).is_file():
+    if meta is not None and meta.get("key") == key and cfg.reuse_adaptation and (root / SET_FILE).is_file():
         seen = pq.read_table(root / SET_FILE)["key"].to_numpy(zero_copy_only=False)
         new = int((~pd.Index(keys).isin(seen)).sum())
         share = new / max(len(keys), 1)
-        facts.update(kept=True, adapted_at=meta["created"], new_files=new, new_share=round(share, 4),
-                     readapt_advised=share > ctx.cfg.readapt_share)
-        return Memo(root, key), facts
+        facts.update(new_files=new, new_share=round(share, 4))
+        if share <= cfg.readapt_auto_share:
+            facts.update(kept=True, adapted_at=meta["created"], readapt_advised=share > cfg.readapt_share)
+            return Memo(root, key), facts
+        facts["readapted"] = True
     clear(root)
     write_table({"key": pd.unique(np.asarray(keys, dtype=object)).astype(str)}, root / SET_FILE)
     write_json({"key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": int(len(keys))}, root / KEY_FILE)
@@ -159,6 +162,10 @@ def describe(facts: dict, memo: Memo, cfg) -> tuple[dict, list[str]]:
     if memo.reused_steps and not memo.run_steps:
         notes.append(f"the adaptation kept from {facts.get('adapted_at')} answered (same source model and "
                      "settings): no torch work")
+    if facts.get("readapted"):
+        notes.append(f"{facts['new_files']} of the files ({facts['new_share']:.0%}) were not in the set the kept "
+                     f"adaptation learned from (> refine.readapt_auto_share={cfg.readapt_auto_share}): adapted again "
+                     "to this set")
     if facts["readapt_advised"]:
         notes.append(f"{facts['new_files']} of the files ({facts['new_share']:.0%}) are new since the kept adaptation "
                      f"learned its statistics (> refine.readapt_share={cfg.readapt_share}): adapting again would fit "

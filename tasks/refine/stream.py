@@ -18,7 +18,7 @@ import pandas as pd
 from helios.samples import decode_files
 from tasks.refine import safety
 from tasks.refine.context import RefineContext
-from tasks.refine.items import Items
+from tasks.refine.items import Items, capped_batch
 
 CHUNK = 256  # files decoded per step while the sample is chosen
 # Chunks decoded at once by background threads, ahead of the one being used. One: decoding is mostly Python work
@@ -66,7 +66,7 @@ def open_files(ctx: RefineContext, root: Path, paths: list[str], labels: np.ndar
             if len(part):
                 yield part, x
 
-    probe = next(read(np.arange(min(len(paths), 16)), 16), None)
+    probe = next(read(np.arange(len(paths)), 16), None)  # the first file that decodes tells the input's size
     item_bytes = int(probe[1][0].nbytes) if probe is not None else 1
 
     def load_sample() -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +79,7 @@ def open_files(ctx: RefineContext, root: Path, paths: list[str], labels: np.ndar
         while tried < len(order) and count < len(out):  # files that fail are replaced by later ones
             want = np.sort(order[tried:tried + len(out) - count])
             tried += len(want)
-            for part, x in read(want, CHUNK):
+            for part, x in read(want, capped_batch(CHUNK, item_bytes)):
                 out[count:count + len(part)] = x
                 count += len(part)
                 chosen.append(part)

@@ -21,6 +21,9 @@ from torch import nn
 from tasks.refine.bn_adapt import batchnorm_layers
 
 
+GRAPH_BYTES = 8 << 20  # a step whose inputs are larger keeps one chunk's graph at a time (28x28 digits never do)
+
+
 class NonFinite(RuntimeError):
     """A loss or gradient became NaN/Inf: the adaptation must be undone."""
 
@@ -62,6 +65,8 @@ def forward_and_adapt(model: nn.Module, chunks: list[torch.Tensor], optimizer: t
     Raises NonFinite when the loss or a gradient is NaN/Inf (nothing is stepped then).
     """
     optimizer.zero_grad(set_to_none=True)
+    if len(chunks) > 1 and sum(x.nbytes for x in chunks) > GRAPH_BYTES:
+        return _adapt_by_chunk(model, chunks, optimizer, max_grad_norm, entropy_limit, diversity)
     logits = torch.cat([model(x) for x in chunks])  # one graph per step: the loss is the same however chunked
     entropy = softmax_entropy(logits)
     kept = entropy if entropy_limit is None else entropy[entropy.detach() < entropy_limit]
@@ -74,6 +79,37 @@ def forward_and_adapt(model: nn.Module, chunks: list[torch.Tensor], optimizer: t
     if not loss.requires_grad:
         return float(entropy.detach().mean())
     loss.backward()
+    return _step(optimizer, max_grad_norm, entropy)
+
+
+def _adapt_by_chunk(model: nn.Module, chunks: list[torch.Tensor], optimizer: torch.optim.Optimizer,
+                    max_grad_norm: float, entropy_limit: float | None, diversity: float) -> float:
+    """``forward_and_adapt`` holding one chunk's graph at a time (large inputs: a 224x224 ResNet-18 keeps about
+    30 MB per item for the backward pass). A pass without gradients gives the step's mean prediction; then each
+    chunk's loss is its share of the entropy plus the diversity term's first-order part around that mean, whose
+    gradients add up to those of the whole step's loss. One more forward pass per item."""
+    with torch.no_grad():
+        logits = torch.cat([model(x) for x in chunks])
+    entropy, n = softmax_entropy(logits), len(logits)
+    mean = logits.softmax(1).mean(0)
+    loss = entropy[entropy < entropy_limit].sum() / n if entropy_limit is not None else entropy.sum() / n
+    if diversity:
+        loss = loss + diversity * (mean * torch.log(mean + 1e-12)).sum()
+    if not torch.isfinite(loss):
+        raise NonFinite(f"entropy loss is {float(loss)}")
+    pull = diversity * (torch.log(mean + 1e-12) + mean / (mean + 1e-12)) / n  # d(diversity term) / d(item's probs)
+    for x in chunks:
+        out = model(x)
+        part = softmax_entropy(out)
+        part = part if entropy_limit is None else part[part.detach() < entropy_limit]
+        chunk_loss = part.sum() / n + (out.softmax(1) * pull).sum()
+        if chunk_loss.requires_grad:
+            chunk_loss.backward()
+    return _step(optimizer, max_grad_norm, entropy)
+
+
+def _step(optimizer: torch.optim.Optimizer, max_grad_norm: float, entropy: torch.Tensor) -> float:
+    """Check the gradients, clip and step; the step's mean entropy."""
     params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
     if any(not torch.isfinite(p.grad).all() for p in params):
         raise NonFinite("a BatchNorm gradient is NaN or Inf")

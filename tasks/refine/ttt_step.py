@@ -78,7 +78,7 @@ def _export(run: Run, state: ttt.Adaptation, unsure: np.ndarray, round_no: int):
 def _torch_step(run: Run, state: ttt.Adaptation | None, out: Outcome, round_no: int, unsure: np.ndarray) -> Step:
     """The torch part of a round: adapt on the sample, then export when there is a new model to re-infer with."""
     with ttt.torch_threads(run.ctx.threads):
-        if state is not None and state.x is None:  # restored from a kept step: its inputs were not needed until now
+        if state is not None and state.x is None:  # restored from a kept step, or freed while the set was re-inferred
             state.x = torch.from_numpy(np.ascontiguousarray(run.items.sample))
         if state is not None:  # later rounds mix the classes by the current answers (the round before changed some)
             state.source_labels = out.label[run.items.sample_idx]
@@ -111,6 +111,8 @@ def adapt_round(run: Run, state: ttt.Adaptation | None, out: Outcome, ledger: Le
     state, computes = step.state, step.computes
     if step.path is None:
         return state, False
+    state.x = None  # the sample's tensor: a large sample is freed while the set is re-inferred
+    run.items.drop_sample()
     run.session = open_session(step.path, run.ctx.providers, run.ctx.threads)
     run.model_path = step.path
     run.model_version += 1

@@ -51,7 +51,8 @@ def export_adapted(ctx: RefineContext, module, methods: list[str], sample: np.nd
     path = export_onnx(wrapped, folder or ctx.work_dir / "adapted", source_opset(ctx.onnx_path))  # type: ignore[arg-type]
     session = open_session(path, ("CPUExecutionProvider",), ctx.threads)
     name = adapter.input_names[0]
-    feeds = [{name: sample[i:i + 64]} for i in range(0, len(sample), 64)]
+    step = min(64, ctx.cfg.batch_size)  # the stage's batch: smaller for large inputs (parity does not depend on it)
+    feeds = [{name: sample[i:i + step]} for i in range(0, len(sample), step)]
     parity = measure_parity(wrapped, session, feeds)  # type: ignore[arg-type]
     check_parity(parity, PrepareConfig(max_abs_logit_diff=ctx.cfg.parity_max_abs_logit_diff), adapter.task)
     write_recipe(path, {"variant": "test-time-adapted", "source": adapter.recipe, "source_onnx": str(ctx.onnx_path),

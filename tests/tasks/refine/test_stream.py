@@ -1,6 +1,6 @@
 """Refine at scale, in the core: a set larger than a memory limit is refined in bounded memory; a rerun replays the
-kept adaptation without torch work; new files are answered by it and adapting again is advised. Real mnist-cnn,
-real PNG files, real ONNX Runtime."""
+kept adaptation without torch work; new files are answered by it and adapting again is advised (or done, when most
+files are new). Real mnist-cnn, real PNG files, real ONNX Runtime."""
 import hashlib
 import tracemalloc
 
@@ -115,6 +115,18 @@ def test_new_files_are_answered_by_the_kept_adaptation_and_readapting_is_advised
     assert answered["refine_method"].str.contains("bn-adapt").all()  # the kept adapted model answered them
 
 
+def test_a_set_that_is_mostly_new_is_adapted_again_by_itself(scan, big, tmp_path):
+    refine(scan.adapter, scan.onnx_path, tmp_path, with_hashes(scan.frame, scan.root), scan.root)
+    root, frame, _ = big
+    other = frame[:200]  # another set: none of its files were in the one the adaptation learned from
+    _, summary = refine(scan.adapter, scan.onnx_path, tmp_path, other, root)
+    facts = summary["adaptation"]
+    assert facts["readapted"] and not facts["kept"] and facts["run_steps"] >= 1 and facts["new_share"] == 1.0
+    assert any("adapted again to this set" in n for n in summary["notes"]) and not facts["readapt_advised"]
+    _, kept = refine(Tripwire(scan.adapter), scan.onnx_path, tmp_path, other, root)
+    assert kept["adaptation"]["kept"] and kept["adaptation"]["run_steps"] == 0  # and that set's adaptation is kept
+
+
 def test_other_settings_or_reuse_off_adapt_again(scan, tmp_path):
     frame = with_hashes(scan.frame, scan.root)
     refine(scan.adapter, scan.onnx_path, tmp_path, frame, scan.root)
@@ -140,3 +152,18 @@ def test_a_mixed_set_larger_than_the_sample_places_every_file_and_a_rerun_keeps_
     again, kept = refine(Tripwire(adapter), onnx_path, tmp_path / "work", frame, root)
     assert kept["mixture"]["groups"] == mixture["groups"] and kept["adaptation"]["run_steps"] == 0
     assert again["label"].equals(out["label"])
+
+
+def test_files_that_no_longer_decode_keep_their_answers_and_are_counted(scan, tmp_path):
+    import shutil
+
+    root = tmp_path / "in"
+    shutil.copytree(scan.root, root)
+    broken = scan.frame["path"].iloc[[0, 70, 150]].tolist()  # the first one is also the one that sizes the inputs
+    for p in broken:
+        (root / p).write_bytes(b"\x89PNG\r\n\x1a\nnot any more")
+    out, summary = refine(scan.adapter, scan.onnx_path, tmp_path / "work", scan.frame, root, threshold=0.99)
+    assert "3 file(s) no longer decode and were left as inferred" in summary["notes"]
+    kept = out.set_index("path").loc[broken]
+    assert (kept["refine_method"] == "").all() and (kept["label"] == kept["infer_label"]).all()
+    assert (out["refine_method"] != "").sum() == len(out) - 3

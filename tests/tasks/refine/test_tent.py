@@ -62,3 +62,18 @@ def test_entropy_limit_can_leave_every_item_out():
     opt = torch.optim.Adam(tent.collect_params(model)[0], lr=1e-2)
     tent.forward_and_adapt(model, [data()], opt, 1.0, entropy_limit=1e-9)
     torch.testing.assert_close(model[1].weight, net()[1].weight)
+
+
+@pytest.mark.parametrize("limit,diversity", [(None, 0.0), (1.2, 0.5)])
+def test_large_steps_kept_one_chunk_at_a_time_move_the_parameters_as_one_graph_does(monkeypatch, limit, diversity):
+    x = data()
+    moved = []
+    for graph_bytes in (1 << 30, 0):  # one graph for the step, then one chunk's graph at a time
+        monkeypatch.setattr(tent, "GRAPH_BYTES", graph_bytes)
+        model = tent.configure_model(net())
+        params, _ = tent.collect_params(model)
+        opt = torch.optim.Adam(params, lr=1e-2)
+        for _ in range(3):
+            tent.forward_and_adapt(model, list(x.split(8)), opt, 1.0, limit, diversity)
+        moved.append(torch.cat([p.detach().flatten() for p in params]))
+    assert torch.allclose(moved[0], moved[1], atol=1e-6), (moved[0] - moved[1]).abs().max()
