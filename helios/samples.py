@@ -35,3 +35,10 @@ def decode_files(adapter: ModelAdapter, paths: Iterable[Path | str], limit: int 
             continue
         found += 1
         yield position, item
+
+
+def order_for_batching(adapter: ModelAdapter, items: list[Decoded]) -> list[int]:
+    """Text is batched by length (as the infer stage buckets it), so padding does not dominate; images keep order."""
+    if adapter.modality != "text":
+        return list(range(len(items)))
+    return sorted(range(len(items)), key=lambda i: len(str(items[i].value)))

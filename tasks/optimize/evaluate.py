@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from helios.models.base import Decoded, ModelAdapter
+from helios.samples import order_for_batching  # noqa: F401 - part of this module's API (benchmarks)
 
 
 @dataclass(frozen=True)
@@ -94,13 +95,6 @@ def items_per_s(run_all: Callable[[], object], n_items: int, min_s: float = MIN_
         elapsed = time.perf_counter() - start
         if elapsed >= min_s:
             return round(n_items * passes / elapsed, 2)
-
-
-def order_for_batching(adapter: ModelAdapter, items: list[Decoded]) -> list[int]:
-    """Text is batched by length (as the infer stage buckets it), so padding does not dominate; images keep order."""
-    if adapter.modality != "text":
-        return list(range(len(items)))
-    return sorted(range(len(items)), key=lambda i: len(str(items[i].value)))
 
 
 @dataclass(frozen=True)
