@@ -4,6 +4,7 @@ topic classifier whose head is fitted here, Helios's labels against the model's 
 
     python benchmarks/bench_hf.py image --arch resnet50 --n 2000
     python benchmarks/bench_hf.py image --arch vit-b16 --n 2000
+    python benchmarks/bench_hf.py image-variants --arch vit-b16 --n 192   # after `image`: every variant it built
     python benchmarks/bench_hf.py text-accuracy --n 1000
     python benchmarks/bench_hf.py text-speed --n 5000
 
@@ -188,6 +189,26 @@ def bench_image(args) -> None:
     print(f"\nhelios run wall {helios['wall_s']:.1f} s; stages {helios['stages']}")
 
 
+def bench_image_variants(args) -> None:
+    """After ``image``: PyTorch against every ONNX variant the Helios run built, on the first ``--n`` of its JPEGs,
+    interleaved in chunks of 64 — what each variant would give, including those the optimize stage rejected."""
+    out = Path(args.work)
+    model_dir, folder = out / f"{args.arch}-model", out / f"helios-{args.arch}" / "run" / "model"
+    folders = sorted(out.glob("jpegs-*"))  # the image run's JPEGs
+    paths = sorted(folders[-1].glob("*.jpg"))[:args.n] if folders else []
+    variants = sorted(p for p in folder.glob("*.onnx") if p.stem != "model")
+    if not paths or not variants:
+        raise SystemExit(f"run `bench_hf.py image --arch {args.arch} --work {out}` first (no JPEGs or variants there)")
+    print(f"{args.arch}, {len(paths)} JPEGs, variants {[v.stem for v in variants]}; {load()}", flush=True)
+    runs = {"pytorch": torch_images(model_dir), **{f"ort {v.stem}": ort_images(model_dir, v) for v in variants}}
+    both = interleaved(runs, paths, chunk=64)
+    t_torch, p_torch = both["pytorch"]
+    print(f"\n| contender | img/s | vs PyTorch | top-1 agreement with PyTorch |\n|---|---:|---:|---:|")
+    for name, (t, p) in both.items():
+        print(f"| {name} | {len(paths) / t:.2f} | {t_torch / t:.2f}x | {(p == p_torch).mean():.3f} |")
+    print(load())
+
+
 def build_minilm_classifier(dst: Path, texts: list[str], topics: list[str], labels: tuple[str, ...]) -> Path:
     """BertForSequenceClassification from the packaged MiniLM (encoder and pooler) with a head fitted on texts."""
     import torch
@@ -352,16 +373,20 @@ def main() -> None:
     image = sub.add_parser("image")
     image.add_argument("--arch", choices=("resnet50", "vit-b16"), default="resnet50")
     image.add_argument("--n", type=int, default=2000)
+    variants = sub.add_parser("image-variants")
+    variants.add_argument("--arch", choices=("resnet50", "vit-b16"), default="resnet50")
+    variants.add_argument("--n", type=int, default=192)
     text = sub.add_parser("text-accuracy")
     text.add_argument("--n", type=int, default=1000)
     speed = sub.add_parser("text-speed")
     speed.add_argument("--n", type=int, default=5000)
-    for p in (image, text, speed):
+    for p in (image, variants, text, speed):
         p.add_argument("--work", default="bench-hf-work")
         p.add_argument("--set", action="append", default=[], help="key=value handed to `helios run --set` (repeatable)")
     args = parser.parse_args()
     args.set = [a for kv in args.set for a in ("--set", kv)]
-    {"image": bench_image, "text-accuracy": bench_text_accuracy, "text-speed": bench_text_speed}[args.cmd](args)
+    {"image": bench_image, "image-variants": bench_image_variants, "text-accuracy": bench_text_accuracy,
+     "text-speed": bench_text_speed}[args.cmd](args)
 
 
 if __name__ == "__main__":
