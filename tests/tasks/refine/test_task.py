@@ -31,10 +31,14 @@ def test_algorithm_modules_import_only_torch_or_numpy(name, allowed):
 
 
 def test_no_module_imports_inside_a_function():
+    """Except one: the Prefect wrapper imports the core (and with it torch) when the task runs, so importing the
+    pipeline does not load torch (tests/flows/test_library_use.py)."""
     for path in ROOT.glob("*.py"):
         functions = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)]
-        nested = [i.lineno for f in functions for i in ast.walk(f) if isinstance(i, (ast.Import, ast.ImportFrom))]
-        assert not nested, f"{path.name}: imports at lines {nested}"
+        nested = [i for f in functions for i in ast.walk(f) if isinstance(i, (ast.Import, ast.ImportFrom))]
+        if path.name == "task.py":
+            nested = [i for i in nested if not (isinstance(i, ast.ImportFrom) and i.module == "tasks.refine.core")]
+        assert not nested, f"{path.name}: imports at lines {[i.lineno for i in nested]}"
 
 
 def test_the_package_imports_form_no_circle():
