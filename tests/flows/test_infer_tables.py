@@ -36,8 +36,8 @@ def texts(n: int, seed: int = 0) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def minilm_onnx(tmp_path_factory):
-    return export_onnx(load_model(ModelConfig(name="minilm")), tmp_path_factory.mktemp("minilm"), 17)
+def minilm_onnx(minilm_export):
+    return minilm_export  # exported once per session (tests/conftest.py), read-only here
 
 
 def infer(root, out: Path, onnx: Path, spec: TableSpec, variant: str = "fp32", **cfg):

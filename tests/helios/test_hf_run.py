@@ -45,9 +45,12 @@ def image_folder(root: Path, n: int = 24) -> Path:
 
 def helios_run(tmp_path: Path, model: Path, inputs: Path, labels: Path | None = None,
                extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "300"}  # a busy shared machine starts it slowly
-    env.pop("PREFECT_API_URL", None)
+    """``helios run`` in a subprocess against the session's Prefect test server (its URL in PREFECT_API_URL): no
+    temporary server of its own to start and migrate, which cost a busy 2-core CI machine about a minute a run.
+    (The temporary-server path of a bare ``helios run`` is tests/helios/test_quickstart.py's.)"""
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": PREFECT_API_URL.value()}
     env.pop("OPENROUTER_API_KEY", None)
     cmd = [sys.executable, "-m", "helios.cli", "run", "--input", str(inputs), "--model", str(model),
            "--out", str(tmp_path / "work" / "run"), *FAST, *extra] + (["--labels", str(labels)] if labels else [])
@@ -74,7 +77,7 @@ def check_common(tmp_path: Path, result, labels: tuple[str, ...], n: int) -> tup
 
 
 @pytest.mark.parametrize("kind", ["text", "resnet", "vit"])
-def test_helios_run_on_a_hugging_face_directory(tmp_path, kind):
+def test_helios_run_on_a_hugging_face_directory(prefect_harness, tmp_path, kind):
     if kind == "text":
         model = text_classifier_dir(tmp_path / "bert-topics")
         labels_csv = write_demo("text", 24, tmp_path / "texts")

@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests have no packages (importlib mode): make helpers importable
 
-from servers import Server, free_port, isolated_env, python_module  # noqa: E402
+from servers import Server, free_port, isolated_env, python_module, run_cli  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,19 @@ def mlflow_server(tmp_path_factory):
         yield Endpoint(url, isolated_env(home, MLFLOW_TRACKING_URI=url), home)
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def deployed(prefect_server) -> Path:
+    """Pools, limit and result block made twice (idempotent), then both deployments from prefect.yaml, on the
+    session's server: once for test_prefect_deployments and test_dispatch_timeout alike. The result storage's path."""
+    from flows.deployments import GPU_LIMIT, GPU_POOL
+
+    results_dir = prefect_server.home / "prefect-results"
+    pools = python_module("helios.cli", "ops", "pools", "--results-dir", str(results_dir))
+    first, second = run_cli(pools, prefect_server.env), run_cli(pools, prefect_server.env)
+    assert f"created work pool {GPU_POOL}" in first or f"work pool {GPU_POOL} exists" in first
+    assert f"work pool {GPU_POOL} exists" in second
+    assert f"concurrency limit {GPU_LIMIT} exists (1 slots)" in second
+    run_cli(python_module("prefect", "--no-prompt", "deploy", "--all"), prefect_server.env)
+    return results_dir

@@ -92,3 +92,10 @@ class Server:
 def python_module(module: str, *args: str) -> list[str]:
     """``python -m module args``: the console scripts of this venv without relying on PATH."""
     return [sys.executable, "-m", module, *args]
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
+    """Run a CLI to completion in the checkout; its stdout, or fail the test with both streams' tails."""
+    done = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(args[2:])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout

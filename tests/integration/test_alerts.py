@@ -92,8 +92,10 @@ def prometheus_with_rules(tmp_path, pushgateway):  # noqa: F811
     server.stop()
 
 
-def helios_run(tmp_path, *args: str) -> subprocess.CompletedProcess:
-    env = isolated_env(tmp_path / "prefect-home", HELIOS_LOG_FORMAT="json", COLUMNS="200")
+def helios_run(tmp_path, prefect_api: str, *args: str) -> subprocess.CompletedProcess:
+    """``helios run`` against the session's real Prefect server (``prefect_api``): no temporary server to start and
+    migrate per run, which cost a busy 2-core CI machine about a minute each."""
+    env = isolated_env(tmp_path / "prefect-home", HELIOS_LOG_FORMAT="json", COLUMNS="200", PREFECT_API_URL=prefect_api)
     return subprocess.run(python_module("helios.cli", "run", "--out", str(tmp_path / "work" / "run"), *args),
                           capture_output=True, text=True, timeout=900, env=env, cwd=tmp_path)
 
@@ -107,9 +109,10 @@ def wait_for(prometheus: str, promql: str, timeout_s: float = 60) -> list[dict]:
 
 
 def test_a_real_run_and_a_failed_one_reach_prometheus_and_fire_the_failure_alert(pushgateway, prometheus_with_rules,  # noqa: F811
-                                                                                   tmp_path):
-    ok = helios_run(tmp_path, "--pushgateway", pushgateway, "--set", "demo.n=200", "--set", "review.enabled=false",
-                    "--set", "optimize.variants=[fp32]", "--set", "optimize.latency_runs=5")
+                                                                                   prefect_server, tmp_path):
+    ok = helios_run(tmp_path, prefect_server.url, "--pushgateway", pushgateway, "--set", "demo.n=200",
+                    "--set", "review.enabled=false", "--set", "optimize.variants=[fp32]", "--set", "optimize.latency_runs=5",
+                    "--set", "refine.tent_epochs=1")  # every stage runs and reports; one TENT pass is enough for that
     assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-4000:]
     lines = [json.loads(line) for line in ok.stderr.splitlines() if line.startswith("{")]
     assert lines and all(line["run"] == "run" for line in lines)  # HELIOS_LOG_FORMAT=json: one object a line
@@ -123,7 +126,7 @@ def test_a_real_run_and_a_failed_one_reach_prometheus_and_fire_the_failure_alert
     assert not query(prometheus_with_rules, 'ALERTS{alertname=~"HeliosRunFailed|HeliosNoRecentSuccess"}')
 
     (tmp_path / "empty").mkdir()
-    failed = helios_run(tmp_path, "--pushgateway", pushgateway, "--input", str(tmp_path / "empty"))
+    failed = helios_run(tmp_path, prefect_server.url, "--pushgateway", pushgateway, "--input", str(tmp_path / "empty"))
     assert failed.returncode != 0
     firing = wait_for(prometheus_with_rules, 'ALERTS{alertname="HeliosRunFailed",alertstate="firing"}')
     assert firing and firing[0]["metric"]["job"] == "helios" and firing[0]["metric"]["run"] == "run"

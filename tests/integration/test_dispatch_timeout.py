@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from servers import REPO, python_module
-from test_prefect_deployments import prefect_client, run_cli, start_worker
+from test_prefect_deployments import prefect_client, start_worker
 
 from flows.deployments import GPU_DEPLOYMENT, GPU_LIMIT, GPU_POOL
 
@@ -17,12 +17,9 @@ TIMEOUT_S = 8
 
 
 @pytest.fixture(scope="module")
-def gpu_worker(prefect_server):
-    """Pools, limit, result block and deployments on the session's server (idempotent: the deployment tests may
-    have made them already), and one process worker on the GPU pool."""
-    run_cli(python_module("helios.cli", "ops", "pools", "--results-dir", str(prefect_server.home / "prefect-results")),
-            prefect_server.env)
-    run_cli(python_module("prefect", "--no-prompt", "deploy", "--all"), prefect_server.env)
+def gpu_worker(deployed, prefect_server):
+    """Pools, limit, result block and deployments on the session's server (``deployed``, conftest.py: made once for
+    this module and the deployment tests), and one process worker on the GPU pool."""
     worker = start_worker(GPU_POOL, prefect_server, prefect_server.home / "workers-timeout")
     yield worker
     worker.stop()

@@ -171,7 +171,12 @@ def chromium(tmp_path: Path, url: str, *args: str) -> subprocess.CompletedProces
 
 
 def page_text(tmp_path: Path, url: str) -> str:
-    return re.sub(r"<[^>]+>", " ", chromium(tmp_path, url, "--dump-dom").stdout)
+    return text_of(chromium(tmp_path, url, "--dump-dom"))
+
+
+def text_of(done: subprocess.CompletedProcess) -> str:
+    """The text of the DOM that ``--dump-dom`` printed."""
+    return re.sub(r"<[^>]+>", " ", done.stdout)
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium")
@@ -184,9 +189,10 @@ def test_the_link_helios_prints_opens_the_runs_table_and_the_overview_shows_toke
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "mlflow-experiment.png"
     screenshot.unlink(missing_ok=True)
-    shot = chromium(tmp_path, url, f"--screenshot={screenshot}")
+    # one browser run renders the page (the MLflow UI takes a while) and gives both the screenshot and the DOM
+    shot = chromium(tmp_path, url, f"--screenshot={screenshot}", "--dump-dom")
     assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
-    text = page_text(tmp_path, url)
+    text = text_of(shot)
     assert "mnist-cnn-run-1" in text and "mnist-cnn-run-2" in text, f"no runs table in the page:\n{text[-3000:]}"
     assert "demo/files" in text  # the Dataset column
 

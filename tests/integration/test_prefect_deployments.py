@@ -16,12 +16,6 @@ from servers import REPO, Server, free_port, http_get, python_module
 from flows.deployments import CPU_POOL, GPU_DEPLOYMENT, GPU_LIMIT, GPU_POOL, PIPELINE_DEPLOYMENT, RESULTS_BLOCK
 
 
-def run_cli(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
-    done = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(args[2:])} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
-
-
 @contextmanager
 def prefect_client(api_url: str):
     """A sync client on the test server, whatever other tests' harness has set in this process."""
@@ -32,18 +26,8 @@ def prefect_client(api_url: str):
         yield client
 
 
-@pytest.fixture(scope="module")
-def deployed(prefect_server):
-    """Pools, limit and result block made twice (idempotent), then both deployments from prefect.yaml."""
-    results_dir = prefect_server.home / "prefect-results"
-    pools = python_module("helios.cli", "ops", "pools", "--results-dir", str(results_dir))
-    first, second = run_cli(pools, prefect_server.env), run_cli(pools, prefect_server.env)
-    # the server is shared by the session: another module (test_dispatch_timeout) may have made the pools first
-    assert f"created work pool {GPU_POOL}" in first or f"work pool {GPU_POOL} exists" in first
-    assert f"work pool {GPU_POOL} exists" in second
-    assert f"concurrency limit {GPU_LIMIT} exists (1 slots)" in second
-    run_cli(python_module("prefect", "--no-prompt", "deploy", "--all"), prefect_server.env)
-    return results_dir
+# ``deployed`` (pools, limit, result block made twice, then both deployments): tests/integration/conftest.py, once
+# for the session's server, as test_dispatch_timeout needs them too.
 
 
 def start_worker(pool: str, prefect_server, log_dir: Path) -> Server:

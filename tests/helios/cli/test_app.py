@@ -15,7 +15,7 @@ def helios(*args, cwd=None, timeout=120):
     return subprocess.run([*HELIOS, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
 
 
-@pytest.mark.parametrize("args, fragment", [
+USAGE_ERRORS = [
     (["run", "--input", "/no/such/dir"], "input directory /no/such/dir does not exist"),
     (["run", "--model", "resnet9000"], "unknown model 'resnet9000'"),
     (["run", "--model", "models:/mnist-cnn/latest"], "use models:/NAME@ALIAS (e.g. models:/mnist-cnn@champion)"),
@@ -30,9 +30,23 @@ def helios(*args, cwd=None, timeout=120):
     (["optimize", "--out", "o", "--sample", "/no/such"], "sample directory /no/such does not exist"),
     (["optimize", "--out", "o", "--labels", "l.csv"], "--labels needs --sample"),
     (["optimize", "--out", "o", "--set", "optimize.calibration=median"], "optimize.calibration='median' is not allowed"),
-])
-def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, args, fragment):
-    result = helios(*args, cwd=tmp_path)
+]
+
+
+@pytest.fixture(scope="module")
+def usage_answers(tmp_path_factory) -> list[subprocess.CompletedProcess]:
+    """Every command of USAGE_ERRORS run as its own process in its own working directory, four at a time: none
+    depends on another, so they need not queue one behind the other (on 2 cores: about half the time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cwds = [tmp_path_factory.mktemp("usage") for _ in USAGE_ERRORS]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda case: helios(*case[0][0], cwd=case[1]), zip(USAGE_ERRORS, cwds)))
+
+
+@pytest.mark.parametrize("args, fragment", USAGE_ERRORS)
+def test_usage_errors_are_one_line_with_exit_code_2(usage_answers, args, fragment):
+    result = usage_answers[USAGE_ERRORS.index((args, fragment))]
     assert result.returncode == 2, result.stderr
     assert fragment in result.stderr
     assert "Traceback" not in result.stderr + result.stdout

@@ -35,10 +35,12 @@ def hostile_folder(root) -> list[str]:
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs (POSIX)")
-def test_hostile_folder_exits_0_with_one_error_row_per_bad_file(tmp_path):
+def test_hostile_folder_exits_0_with_one_error_row_per_bad_file(prefect_harness, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
     good = hostile_folder(tmp_path / "in")
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
-    env.pop("PREFECT_API_URL", None)
+    # the session's Prefect test server (no temporary server to start per run: tests/helios/test_quickstart.py has that)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": PREFECT_API_URL.value()}
     env.pop("OPENROUTER_API_KEY", None)
     result = subprocess.run([sys.executable, "-m", "helios.cli", "run", "--input", str(tmp_path / "in"),
                              "--out", str(tmp_path / "work" / "run")], cwd=tmp_path, env=env, capture_output=True,

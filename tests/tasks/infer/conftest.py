@@ -23,10 +23,8 @@ def mnist_ref(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def minilm_ref(tmp_path_factory):
-    out = tmp_path_factory.mktemp("minilm-onnx")
-    path = export_onnx(load_model(ModelConfig(name="minilm")), out, 17)
-    return make_model_ref(ModelConfig(name="minilm"), path, intra_op_threads=1)
+def minilm_ref(minilm_export):
+    return make_model_ref(ModelConfig(name="minilm"), minilm_export, intra_op_threads=1)  # tests/conftest.py's export
 
 
 def png_bytes(seed: int) -> bytes:
