@@ -2,7 +2,7 @@
 
     python benchmarks/eval_refine.py                       # test corruptions, seeds 0 1 2, the table in markdown
     python benchmarks/eval_refine.py --split dev --seeds 0  # the dev corruptions the defaults were tuned on
-    python benchmarks/eval_refine.py --model mnist-vit      # the LayerNorm ViT: "tent" runs SAR (tasks/refine/sar.py)
+    python benchmarks/eval_refine.py --model mnist-vit      # the LayerNorm ViT: "tent" runs patch alignment + SAR
 
 Every method is the stage's own code (``tasks.refine.core.refine_arrays`` with a RefineConfig), started from the
 source model for every corruption and seed (episodic reset). Errors are top-1 error rates in percent; the mean
@@ -41,6 +41,7 @@ METHODS: dict[str, dict] = {
     "adaptive-tta": {"methods": ("tta",)},
     "bn-adapt": {"methods": ("bn-adapt",)},
     "tent": {"methods": ("tent",)},
+    "align": {"methods": ("tent",), "sar_epochs": 0},  # mnist-vit: patch alignment without SAR's steps
     "best": {"methods": ("bn-adapt", "tent", "tta")},
 }
 STREAMS: dict[str, tuple[str, dict]] = {  # name -> (method it runs, extra settings)
@@ -173,7 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     if args.model == "mnist-vit":
         overrides.setdefault("adapt_layernorm", True)  # what this evaluation is for
-    methods = [m for m in args.methods if not (args.model != "mnist-cnn" and m == "bn-adapt")]  # no BN to adapt
+    skip = {"align"} if args.model == "mnist-cnn" else {"bn-adapt"}  # the ViT has no BN; patch alignment is its
+    methods = [m for m in args.methods if m not in skip]
     rows = evaluate(args.model, corruptions, args.seeds, overrides, methods, args.streams, args.threads)
     text, mce, mean, compute = table(rows, args.split)
     print(f"Model {args.model}. Tuned on dev corruptions: {', '.join(DEV_CORRUPTIONS)}.")

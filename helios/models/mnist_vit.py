@@ -4,6 +4,10 @@ It exists so the refine stage's LayerNorm adaptation (``tasks/refine/sar.py``) i
 transformers and ConvNeXt are: pre-norm blocks, attention, a class token. Weights are trained here by
 ``python -m helios.models.train_mnist_vit`` on the same 4,000 digits as ``mnist-cnn``; input and preprocessing are
 those of ``mnist-cnn`` (one 28x28 grey channel, the same normalization).
+
+``weights/mnist_vit_patches.pt`` holds the source statistics the refine stage's patch alignment reads (mean and
+covariance of the 4x4 input patches of the clean training digits), written once by ``python -m
+helios.models.mnist_vit``; the torch module carries them as ``patch_statistics`` (not part of its state_dict or graph).
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from pathlib import Path
 from helios.models.mnist_cnn import DIGITS, MnistCnn
 
 WEIGHTS = Path(__file__).parent / "weights" / "mnist_vit.pt"
+PATCH_STATISTICS = WEIGHTS.with_name("mnist_vit_patches.pt")
 PATCH, DIM, DEPTH, HEADS, MLP = 4, 64, 4, 4, 128
 
 
@@ -65,14 +70,38 @@ class MnistViT(MnistCnn):
 
         net = build_network()
         net.load_state_dict(torch.load(WEIGHTS, weights_only=True))
+        net.patch_statistics = torch.load(PATCH_STATISTICS, weights_only=True)
         return net.eval()
+
+
+def patch_statistics() -> dict:
+    """Mean and covariance (float64) of the flattened 4x4 input patches of the 4,000 clean training digits, as the
+    patch embedding ``patch`` sees them (tasks/refine/sar.py: align_patch_embedding)."""
+    import torch
+
+    from helios.models.mnist_cnn import normalize
+    from helios.models.mnist_data import load_split
+
+    x_train = torch.from_numpy(normalize(load_split()[0]))
+    flat = torch.nn.functional.unfold(x_train, PATCH, stride=PATCH).transpose(1, 2).reshape(-1, PATCH * PATCH).double()
+    mean, cov = flat.mean(0), torch.cov(flat.T)
+    return {"layer": "patch", "mean": mean, "cov": cov, "items": len(x_train)}
 
 
 def load_mnist_vit(max_pixels: int = 50_000_000) -> MnistViT:
     import hashlib
 
     digest = hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()[:16]
+    statistics = hashlib.sha256(PATCH_STATISTICS.read_bytes()).hexdigest()[:16]
     return MnistViT(
         name="mnist-vit", modality="image", task="classifier", labels=DIGITS, input_names=("image",),
-        recipe={"model": "mnist-vit", "weights_sha256": digest}, max_pixels=max_pixels,
+        recipe={"model": "mnist-vit", "weights_sha256": digest, "patch_statistics_sha256": statistics},
+        max_pixels=max_pixels,
     )
+
+
+if __name__ == "__main__":
+    import torch
+
+    torch.save(patch_statistics(), PATCH_STATISTICS)
+    print(f"wrote {PATCH_STATISTICS}")

@@ -35,8 +35,9 @@ def plan_methods(cfg: RefineConfig, adapter: ModelAdapter) -> Plan:
             module = adapter.torch_module()
             ttt_reason = can_adapt(module, adapter.input_names)
             if ttt_reason is None and not cfg.adapt_layernorm and not has_batchnorm(module):
-                ttt_reason = ("TTT skipped: the model has LayerNorm and no BatchNorm; LayerNorm adaptation (SAR) is "
-                              "not yet shown to help, so it is off: refine.adapt_layernorm=true turns it on")
+                ttt_reason = ("TTT skipped: the model has LayerNorm and no BatchNorm; LayerNorm adaptation (patch "
+                              "alignment + SAR) is off until its test evaluation is complete: "
+                              "refine.adapt_layernorm=true turns it on")
         if ttt_reason:
             notes.append(ttt_reason)
     return Plan(policy, module, ttt_reason, notes)

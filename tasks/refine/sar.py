@@ -11,9 +11,18 @@ Imports only torch. What SAR adds to TENT, each against a failure it measured on
 * Model recovery: an exponential moving average of the step's loss that falls below ``reset_entropy`` means the
   model became trivially sure of everything; the caller restores the state it started from.
 
-LayerNorm normalizes each item by itself, so there are no statistics to estimate (nothing like BN-adapt) and the
-answer for one item does not depend on its batch mates. The last LayerNorm (right before the head) is left alone,
-as SAR leaves the top of a ViT: adapting it moves the logits directly.
+LayerNorm normalizes each item by itself, so its layers have no statistics to estimate and the answer for one item
+does not depend on its batch mates. The last LayerNorm (right before the head) is left alone, as SAR leaves the top
+of a ViT: adapting it moves the logits directly.
+
+Patch alignment, the closed-form companion that plays BN-adapt's role (only for a model that ships source
+statistics): entropy minimization alone barely moves a small ViT under a strong shift (fog, brightness: the source
+is confidently wrong). A model whose torch module carries ``patch_statistics`` (the mean and covariance of the
+flattened input patches its patch embedding sees on clean training data; the built-in ``mnist-vit`` does) gets its
+target patches whitened and re-coloured to those moments first (CORAL, Sun et al., AAAI 2016, applied to the patch
+embedding's input; closed form, from the whole learning sample, order- and batch-independent). The map is linear,
+so it is folded into the patch embedding's weight and bias: the adapted model has the source's graph. A model
+without such statistics gets SAR alone.
 """
 from __future__ import annotations
 
@@ -148,3 +157,68 @@ def forward_and_adapt(model: nn.Module, chunks: list[torch.Tensor], optimizer: S
 def new_optimizer(model: nn.Module, lr: float, rho: float) -> SAM:
     params, _ = collect_params(model)
     return SAM(params, torch.optim.SGD(params, lr=lr, momentum=0.9), rho)
+
+
+# Patch alignment (CORAL on the patch embedding's input), for models that carry source patch statistics
+
+def patch_embedding(module: nn.Module) -> nn.Conv2d | None:
+    """The patch embedding named by the module's ``patch_statistics`` (None: no statistics, or not a patchify conv:
+    kernel == stride, with a bias, no padding, dilation or groups)."""
+    stats = getattr(module, "patch_statistics", None)
+    layer = None if stats is None else dict(module.named_modules()).get(stats.get("layer", ""))
+    if not isinstance(layer, nn.Conv2d) or layer.kernel_size != layer.stride or layer.bias is None:
+        return None
+    unpadded = layer.padding == "valid" or not any(layer.padding)
+    return layer if unpadded and layer.groups == 1 and all(d == 1 for d in layer.dilation) else None
+
+
+def patches(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """(items x patches, in_channels x kernel) float64: the flattened input patches ``layer`` multiplies."""
+    flat = nn.functional.unfold(x, layer.kernel_size, stride=layer.stride)
+    return flat.transpose(1, 2).reshape(-1, flat.shape[1]).double()
+
+
+def patch_moments(layer: nn.Conv2d, chunks: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and covariance of the input patches over all ``chunks`` (accumulated, float64)."""
+    n, total, outer = 0, None, None
+    for x in chunks:
+        p = patches(layer, x)
+        n += len(p)
+        total = p.sum(0) if total is None else total + p.sum(0)
+        outer = p.T @ p if outer is None else outer + p.T @ p
+    mean = total / n
+    return mean, (outer - n * torch.outer(mean, mean)) / max(n - 1, 1)
+
+
+def _matrix_power(cov: torch.Tensor, power: float, floor: float) -> torch.Tensor:
+    """(``cov`` + ``floor`` I) ** ``power`` (symmetric eigendecomposition)."""
+    values, vectors = torch.linalg.eigh(cov)
+    return (vectors * (values.clamp_min(0) + floor) ** power) @ vectors.T
+
+
+def coloring_map(source_cov: torch.Tensor, target_cov: torch.Tensor, eps: float) -> torch.Tensor:
+    """A with A target_cov A^T ~ source_cov: whiten with the target's covariance, re-colour with the source's. Both
+    get ``eps`` x the source's mean variance added, so near-empty target directions are not blown up."""
+    floor = eps * float(torch.diagonal(source_cov).mean()) + 1e-12
+    return _matrix_power(source_cov, 0.5, floor) @ _matrix_power(target_cov, -0.5, floor)
+
+
+@torch.no_grad()
+def align_patch_embedding(module: nn.Module, chunks: list[torch.Tensor], eps: float) -> bool:
+    """Fold p -> A (p - target mean) + source mean into the patch embedding (W -> W A, b -> b + W (mu_s - A mu_t));
+    False (nothing changed) when the module has no usable ``patch_statistics`` or the target's moments are not
+    finite (NaN/Inf inputs)."""
+    layer = patch_embedding(module)
+    if layer is None:
+        return False
+    stats = module.patch_statistics
+    source_mean, source_cov = stats["mean"].double(), stats["cov"].double()
+    target_mean, target_cov = patch_moments(layer, chunks)
+    finite = bool(torch.isfinite(target_mean).all() and torch.isfinite(target_cov).all())
+    if source_mean.shape != target_mean.shape or not finite:
+        return False
+    a = coloring_map(source_cov, target_cov, eps)
+    weight = layer.weight.double().reshape(layer.out_channels, -1)
+    layer.bias.copy_(layer.bias.double() + weight @ (source_mean - a @ target_mean))
+    layer.weight.copy_((weight @ a).reshape(layer.weight.shape))
+    return True

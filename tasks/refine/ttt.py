@@ -5,6 +5,7 @@ describe the target distribution), in a class-mixed order, and never uses ground
 """
 from __future__ import annotations
 
+import copy
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -112,7 +113,8 @@ def run_bn_adapt(state: Adaptation, cfg: RefineConfig, min_shift: float | None =
 def run_tent(state: Adaptation, cfg: RefineConfig, epochs: int, rng: np.random.Generator) -> Compute:
     """``epochs`` passes of TENT over the class-mixed set; NaN/Inf or collapse restores the state before the call.
 
-    A model without BatchNorm (LayerNorm: transformers, ConvNeXt) gets SAR's steps instead (``run_sar``)."""
+    A model without BatchNorm (LayerNorm: transformers, ConvNeXt) gets patch alignment and SAR's steps instead
+    (``run_sar``)."""
     if not bn_adapt.has_batchnorm(state.module):
         return run_sar(state, cfg, epochs, rng)
     start, compute = time.perf_counter(), Compute()
@@ -169,15 +171,49 @@ def _settle(state: Adaptation, ok: bool, saved: tuple[dict, dict], compute: Comp
 
 
 def run_sar(state: Adaptation, cfg: RefineConfig, epochs: int, rng: np.random.Generator) -> Compute:
-    """``epochs`` passes of SAR over the class-mixed set (LayerNorm models). Model recovery, NaN/Inf or collapse
-    restore the state before the call; each step costs two forward and two backward passes."""
+    """LayerNorm models: in round 1 (nothing kept yet) patch alignment first, when the model carries source patch
+    statistics (``align_patches``), then ``refine.sar_epochs`` passes of SAR over the class-mixed set (later rounds:
+    at most ``epochs``). Model recovery, NaN/Inf or collapse undo SAR's steps (an aligned model stays aligned and
+    kept); each step costs two forward and two backward passes."""
     start, compute = time.perf_counter(), Compute()
+    first_round = "tent" not in state.kept
+    aligned = first_round and align_patches(state, cfg, compute)
+    epochs = cfg.sar_epochs if first_round else min(epochs, cfg.sar_epochs)
+    if not aligned and epochs == 0:
+        compute.seconds = time.perf_counter() - start
+        return compute
     sar.configure_model(state.module)
     if state.optimizer is None:
         state.optimizer = _restored(state, sar.new_optimizer(state.module, cfg.sar_lr, cfg.sar_rho))
     saved = tent.copy_state(state.module, state.optimizer)
+    ok = _sar_steps(state, cfg, epochs, rng, compute) if epochs else True
+    if not ok and aligned:  # SAR's steps are undone; the aligned model (already guarded) is what is kept
+        tent.reset(state.module, state.optimizer, saved)
+        state.optimizer, ok = None, True
+    return _settle(state, ok, saved, compute, start)
+
+
+def align_patches(state: Adaptation, cfg: RefineConfig, compute: Compute) -> bool:
+    """Re-standardize the learning sample's input patches to the model's source patch statistics (CORAL folded into
+    the patch embedding, ``sar.align_patch_embedding``); True when aligned and the collapse guard passed. A model
+    without statistics, ``refine.ln_align=false`` or a collapse leave the model as it was (False)."""
+    if not cfg.ln_align or sar.patch_embedding(state.module) is None:
+        return False
+    before = copy.deepcopy(state.module.state_dict())
+    fit = torch.from_numpy(state.fit)
+    chunks = [state.x[fit[i:i + cfg.batch_size]] for i in range(0, len(fit), cfg.batch_size)]
+    sar.align_patch_embedding(state.module, chunks, cfg.ln_align_eps)
+    if _guard(state, cfg, "tent (patch alignment)", compute):
+        return True
+    state.module.load_state_dict(before)
+    return False
+
+
+def _sar_steps(state: Adaptation, cfg: RefineConfig, epochs: int, rng: np.random.Generator, compute: Compute) -> bool:
+    """``epochs`` passes of SAR steps, then the collapse guard; False on model recovery, NaN/Inf or collapse (the
+    reason is recorded; the caller restores)."""
     ln_classes = float(np.log(state.n_classes))
-    margin, floor, ema, ok = cfg.sar_margin * ln_classes, cfg.sar_reset_share * ln_classes, None, True
+    margin, floor, ema = cfg.sar_margin * ln_classes, cfg.sar_reset_share * ln_classes, None
     try:
         for n, chunks in _steps(state, cfg, epochs, rng):
             loss = sar.forward_and_adapt(state.module, chunks, state.optimizer, margin)
@@ -187,11 +223,9 @@ def run_sar(state: Adaptation, cfg: RefineConfig, epochs: int, rng: np.random.Ge
                 ema = loss if ema is None else 0.9 * ema + 0.1 * loss
             if ema is not None and ema < floor:
                 state.reverted.append(f"tent: SAR model recovery (moving entropy {ema:.3f} < {floor:.3f} nats); "
-                                      "reverted to the previous model")
-                ok = False
-                break
-        ok = ok and _guard(state, cfg, "tent", compute)
+                                      "SAR's steps reverted")
+                return False
+        return _guard(state, cfg, "tent", compute)
     except tent.NonFinite as exc:
-        state.reverted.append(f"tent: {exc}; reverted to the previous model")
-        ok = False
-    return _settle(state, ok, saved, compute, start)
+        state.reverted.append(f"tent: {exc}; SAR's steps reverted")
+        return False

@@ -1,4 +1,5 @@
-"""SAR on LayerNorm: which parameters move, reliable-entropy filtering, the two-step SAM update, model recovery."""
+"""SAR on LayerNorm: which parameters move, reliable-entropy filtering, the two-step SAM update, model recovery; patch
+alignment (CORAL folded into the patch embedding) for models that carry source patch statistics."""
 import numpy as np
 import torch
 
@@ -14,6 +15,31 @@ def vit():
 
 def data(n=32, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).normal(size=(n, 1, 28, 28)).astype(np.float32))
+
+
+def digits_like(n=64, seed=0):
+    """Sparse strokes on a dark background (correlated pixels, like digits), with a little noise; model-ready."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(-0.42, 0.05, (n, 1, 28, 28)).astype(np.float32)
+    for k in range(n):
+        r, c = rng.integers(4, 20, 2)
+        x[k, 0, r:r + 8, c:c + 3] = 2.8
+        x[k, 0, r + 3, c - 2:c + 5] = 2.8
+    return torch.from_numpy(x)
+
+
+def vit_with_statistics(source):
+    """The test ViT carrying the patch statistics of ``source`` (as mnist-vit carries its training digits')."""
+    model = vit()
+    mean, cov = sar.patch_moments(model.patch, [source])
+    model.patch_statistics = {"layer": "patch", "mean": mean, "cov": cov}
+    return model
+
+
+def embedding_moments(model, x):
+    with torch.no_grad():
+        tokens = model.patch(x).flatten(2).transpose(1, 2).reshape(-1, model.patch.out_channels).double()
+    return tokens.mean(0), torch.cov(tokens.T)
 
 
 def test_only_layernorm_affine_parameters_below_the_top_are_trained():
@@ -96,3 +122,75 @@ def test_a_layernorm_model_is_refined_with_sar_only_when_asked(scan, vit_onnx, v
     assert asked["status"] == "done" and "tent" in asked["methods"], asked
     assert not any("parity" in r for r in asked["reverted"])  # the adapted ViT was written back to ONNX
     assert len(out) == len(frame) and set(out["label"]) <= set(adapter.labels)
+
+
+def test_patch_alignment_gives_the_target_the_source_embedding_moments_and_changes_only_the_embedding():
+    source = digits_like(64, 0)
+    target = 0.3 * digits_like(64, 1) + 0.9  # low contrast on a bright background (contrast + fog-like)
+    model = vit_with_statistics(source)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    want_mean, want_cov = embedding_moments(model, source)
+    far_mean, _ = embedding_moments(model, target)
+    assert (far_mean - want_mean).abs().max() > 1.0
+    assert sar.align_patch_embedding(model, [target[:40], target[40:]], eps=1e-6)
+    got_mean, got_cov = embedding_moments(model, target)
+    torch.testing.assert_close(got_mean, want_mean, rtol=0, atol=1e-3)
+    torch.testing.assert_close(got_cov, want_cov, rtol=1e-2, atol=1e-2)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {"patch.weight", "patch.bias"}
+
+
+def test_aligning_the_source_itself_changes_nothing():
+    source = digits_like(64, 0)
+    model = vit_with_statistics(source)
+    with torch.no_grad():
+        expected = model(source)
+    assert sar.align_patch_embedding(model, [source], eps=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(model(source), expected, rtol=1e-3, atol=1e-3)
+
+
+def test_without_usable_statistics_or_with_nan_inputs_alignment_changes_nothing():
+    plain = vit()
+    assert sar.patch_embedding(plain) is None and not sar.align_patch_embedding(plain, [data()], 1e-3)
+    model = vit_with_statistics(digits_like())
+    before = [p.detach().clone() for p in model.parameters()]
+    nan = digits_like()
+    nan[0, 0, 0, 0] = float("nan")
+    assert not sar.align_patch_embedding(model, [nan], 1e-3)
+    assert all(torch.equal(p, b) for p, b in zip(model.parameters(), before))
+    model.patch_statistics = {**model.patch_statistics, "layer": "blocks"}  # names no patchify convolution
+    assert sar.patch_embedding(model) is None
+
+
+def test_run_sar_aligns_first_and_keeps_the_aligned_model_when_sar_steps_are_reverted():
+    source, target = digits_like(64, 0), 0.3 * digits_like(64, 1) + 0.9
+    model = vit_with_statistics(source)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    labels = model(target).argmax(1).numpy()
+    state = ttt.start_adaptation(model, target.numpy(), labels, 10, 64, np.random.default_rng(0))
+    cfg = RefineConfig(sar_reset_share=1.0, sar_margin=1.0, sar_lr=0.05, sar_epochs=1, collapse_ratio=0.0)
+    ttt.run_tent(state, cfg, 1, np.random.default_rng(0))
+    assert "tent" in state.kept and any("SAR model recovery" in r for r in state.reverted), state.reverted
+    changed = {n for n, p in state.module.named_parameters() if not torch.equal(p, original[n])}
+    assert changed == {"patch.weight", "patch.bias"}  # aligned; SAR's LayerNorm steps undone
+
+
+def test_alignment_alone_with_zero_sar_epochs_and_nothing_without_statistics():
+    target = 0.3 * digits_like(64, 1) + 0.9
+    for model, kept in ((vit_with_statistics(digits_like(64, 0)), ["tent"]), (vit(), [])):
+        labels = model(target).argmax(1).numpy()
+        state = ttt.start_adaptation(model, target.numpy(), labels, 10, 64, np.random.default_rng(0))
+        compute = ttt.run_tent(state, RefineConfig(sar_epochs=0, collapse_ratio=0.0), 1, np.random.default_rng(0))
+        assert state.kept == kept and compute.backward == 0, state.reverted
+
+
+def test_an_alignment_that_collapses_the_predictions_is_reverted():
+    source, target = digits_like(64, 0), 0.3 * digits_like(64, 1) + 0.9
+    model = vit_with_statistics(source)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    labels = np.arange(64) % 10  # the reference spreads over every class; the untrained ViT answers few
+    state = ttt.start_adaptation(model, target.numpy(), labels, 10, 64, np.random.default_rng(0))
+    ttt.run_tent(state, RefineConfig(sar_epochs=0, collapse_ratio=1.0), 1, np.random.default_rng(0))
+    assert not state.kept and any("patch alignment" in r for r in state.reverted), state.reverted
+    assert all(torch.equal(p, original[n]) for n, p in state.module.named_parameters())
