@@ -108,7 +108,8 @@ def main() -> None:
     from helios.models import load_model
     from tasks.optimize.config import OptimizeConfig
     from tasks.optimize.core import load_eval_sample, optimize_model
-    from tasks.optimize.evaluate import cosine, order_for_batching
+    from helios.samples import order_for_batching
+    from tasks.optimize.evaluate import cosine
     from tasks.optimize.runtime import open_runner
     from tasks.prepare.config import PrepareConfig
     from tasks.prepare.core import prepare_model

@@ -20,10 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from helios.models.base import Decoded, InputError, ModelAdapter
-from helios.samples import decode_files
 from tasks.optimize.config import OptimizeConfig
-from tasks.optimize.evaluate import (measure, order_for_batching, quality, run_batch_sizes, run_outputs,
-                                     time_pass, workload)
+from helios.samples import decode_files, order_for_batching
+from tasks.optimize.evaluate import measure, quality, run_batch_sizes, run_outputs, time_pass, workload
 from tasks.optimize.known import KnownFailure, recipe_key, skip_known
 from tasks.optimize.rank import Arm, rank_arms
 from tasks.optimize.result import OptimizeResult, VariantReport
@@ -214,10 +213,9 @@ def measure_built(built, cfg, adapter, rec, work, truth_eval, reference, subset:
     outputs = measured.outputs
     if ref is None:
         return runner, measured, quality(adapter.task, outputs, outputs, truth_eval)
-    q = quality(adapter.task, outputs, ref, None)
-    if truth_eval is not None:
-        q["accuracy"] = quality(adapter.task, reference, reference, truth_eval).get("accuracy") if subset else \
-            quality(adapter.task, outputs, ref, truth_eval).get("accuracy")
+    q = quality(adapter.task, outputs, ref, None if subset else truth_eval)
+    if subset and truth_eval is not None:
+        q["accuracy"] = quality(adapter.task, reference, reference, truth_eval).get("accuracy")
     return runner, measured, q
 
 

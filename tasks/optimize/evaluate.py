@@ -27,7 +27,6 @@ from typing import Callable
 import numpy as np
 
 from helios.models.base import Decoded, ModelAdapter
-from helios.samples import order_for_batching  # noqa: F401 - part of this module's API (benchmarks)
 
 
 @dataclass(frozen=True)
