@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from helios.models.base import Decoded, InputError, ModelAdapter
-from tasks.optimize.config import OptimizeConfig
 from helios.samples import decode_files, order_for_batching
+from tasks.optimize.config import OptimizeConfig
 from tasks.optimize.evaluate import measure, quality, run_batch_sizes, run_outputs, time_pass, workload
 from tasks.optimize.known import KnownFailure, recipe_key, skip_known
 from tasks.optimize.rank import Arm, rank_arms
