@@ -27,6 +27,8 @@ class ReportFiles:
 
 def read_outputs(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """predictions.parquet (required) and manifest.parquet (when present) of a run directory."""
+    import pyarrow.parquet as pq
+
     catalog = RunCatalog(Path(run_dir))
     predictions_path = catalog.predictions
     if not predictions_path.is_file():
@@ -34,7 +36,9 @@ def read_outputs(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     try:
         predictions = pd.read_parquet(predictions_path, columns=scalar_columns(predictions_path))
         manifest_path = catalog.manifest
-        manifest = pd.read_parquet(manifest_path) if manifest_path.is_file() else None
+        manifest = None
+        if manifest_path.is_file():  # the report looks only at its paths (files never predicted)
+            manifest = pd.read_parquet(manifest_path, columns=[c for c in ("path",) if c in pq.read_schema(manifest_path).names])
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read the outputs in {run_dir}: {exc}") from exc
     return predictions, manifest

@@ -92,3 +92,19 @@ def test_off_skips_great_expectations(run_dir, labels, make_predictions):
 def test_missing_predictions_is_a_failure_not_a_crash(tmp_path, mode, labels):
     result = validate_outputs(ReportConfig(validation=mode), tmp_path, labels)
     assert not result.success and result.failures[0]["expectation"] == "file_exists"
+
+
+def test_unchanged_outputs_reuse_the_last_result_and_changed_ones_are_validated_again(run_dir, labels,
+                                                                                       make_predictions):
+    frame = make_predictions()
+    frame.loc[1, "confidence"] = 1.5
+    write_predictions(run_dir, frame)
+    first = validate_outputs(FAIL, run_dir, labels)
+    again = validate_outputs(FAIL, run_dir, labels)
+    assert not first.reused and again.reused and not again.success
+    assert again.failures == first.failures and again.docs_path.is_file()
+    assert not validate_outputs(FAIL, run_dir, labels + ("extra",)).reused  # another label set: another suite
+
+    write_predictions(run_dir, make_predictions())
+    fixed = validate_outputs(FAIL, run_dir, labels)
+    assert fixed.success and not fixed.reused
