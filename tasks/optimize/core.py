@@ -93,6 +93,8 @@ def measure_and_select(cfg, adapter, source, names, skipped, out_dir, rec, truth
                        context) -> OptimizeResult:
     """Build and measure ``names`` in order (fp32 first: the quality reference), rank the survivors, select."""
     n_eval = cfg.eval_samples if run_items is None else max(1, min(cfg.eval_samples, run_items))
+    if adapter.task == "embedder" and not truth:  # judged by mean cosine alone: fewer files decide it
+        n_eval = min(n_eval, cfg.embedder_eval_samples)
     n_calib = cfg.calibration_samples if run_items is None else max(1, min(cfg.calibration_samples, run_items))
     items, truth_idx = load_eval_sample(adapter, sample_paths, max(n_eval, n_calib), truth)
     calibration = [adapter.collate(items[i:i + 16]) for i in range(0, min(len(items), n_calib), 16)]

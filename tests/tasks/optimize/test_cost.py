@@ -111,3 +111,18 @@ def test_text_is_timed_at_the_batches_infer_runs_and_fused_is_checked_on_the_tim
     assert by_name["fp32"].quality_items == 48 and by_name["fp32-fused"].quality_items == 16
     assert by_name["fp32-fused"].agreement == 1.0 and by_name["fp32-fused"].cosine > 0.9999
     assert table["variants"][1]["quality_items"] == 16
+
+
+def test_an_unlabelled_embedder_is_judged_on_fewer_files_and_a_labelled_one_on_all(tiny_bert, texts, avx2, tmp_path):
+    from tasks.prepare.config import PrepareConfig
+    from tasks.prepare.core import prepare_model
+
+    prepared = prepare_model(PrepareConfig(), tiny_bert, texts, tmp_path / "prep")
+    cfg = OptimizeConfig(variants=("fp32", "int8-dynamic"), eval_samples=32, embedder_eval_samples=16,
+                         calibration_samples=16, latency_runs=5, batch_sizes=(1, 8), min_cosine=0.9)
+    result = optimize_model(cfg, tiny_bert, prepared, texts, tmp_path / "a", *avx2, run_items=5000)
+    assert result.context["sample"]["eval_items"] == 16
+    assert [v.quality_items for v in result.variants] == [16, 16]
+    truth = {p.name: tiny_bert.labels[0] for p in texts}  # with labels, accuracy is measured on the whole sample
+    labelled = optimize_model(cfg, tiny_bert, prepared, texts, tmp_path / "b", *avx2, truth=truth, run_items=5000)
+    assert labelled.context["sample"]["eval_items"] == 32
