@@ -53,9 +53,11 @@ class RefineConfig(StageConfig):
     tent_max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping (L2 norm over the BN parameters).")
     # LayerNorm models (no BatchNorm): "tent" runs patch alignment and SAR's steps on the LayerNorm affine
     # parameters (tasks/refine/sar.py)
-    adapt_layernorm: bool = Field(False, description="Adapt models that have LayerNorm and no BatchNorm (patch "
-                                  "alignment where the model carries source statistics, then SAR). Off until the "
-                                  "test-corruption evaluation is complete (README).")
+    adapt_layernorm: Literal["auto"] | bool = Field(
+        "auto", description="Adapt models that have LayerNorm and no BatchNorm: patch alignment, then SAR. 'auto' "
+        "adapts those that carry source patch statistics (the built-in mnist-vit: MNIST-C mean error 37.5 -> see "
+        "README), where the evaluation backs it; true also runs SAR alone on models without them (not evaluated "
+        "here); false never.")
     ln_align: bool = Field(True, description="Round 1 first re-standardizes the input patches of a LayerNorm model "
                            "that carries source patch statistics (the built-in mnist-vit) to them: CORAL on the patch "
                            "embedding's input, folded into its weights. Models without statistics get SAR alone.")

@@ -34,10 +34,8 @@ def plan_methods(cfg: RefineConfig, adapter: ModelAdapter) -> Plan:
         else:
             module = adapter.torch_module()
             ttt_reason = can_adapt(module, adapter.input_names)
-            if ttt_reason is None and not cfg.adapt_layernorm and not has_batchnorm(module):
-                ttt_reason = ("TTT skipped: the model has LayerNorm and no BatchNorm; LayerNorm adaptation (patch "
-                              "alignment + SAR) is off until its test evaluation is complete: "
-                              "refine.adapt_layernorm=true turns it on")
+            if ttt_reason is None and not has_batchnorm(module):
+                ttt_reason = layernorm_reason(cfg, module)
         if ttt_reason:
             notes.append(ttt_reason)
     return Plan(policy, module, ttt_reason, notes)
@@ -52,4 +50,18 @@ def can_adapt(module, input_names: tuple[str, ...]) -> str | None:
                 "nothing to adapt")
     if len(input_names) != 1:
         return f"TTT skipped: the model takes {len(input_names)} inputs; adaptation supports single-input image models"
+    return None
+
+
+def layernorm_reason(cfg: RefineConfig, module: object) -> str | None:
+    """Why a LayerNorm model (no BatchNorm) is not adapted under ``refine.adapt_layernorm``, or None.
+
+    'auto' adapts a model that carries source patch statistics (patch alignment, then SAR: the combination the
+    mnist-vit evaluation measured); SAR alone, on a model without them, is only run when asked for (true)."""
+    if cfg.adapt_layernorm is False:
+        return "TTT skipped: the model has LayerNorm and no BatchNorm, and refine.adapt_layernorm=false"
+    if cfg.adapt_layernorm == "auto" and (not cfg.ln_align or sar.patch_embedding(module) is None):
+        return ("TTT skipped: the model has LayerNorm and no BatchNorm and carries no source patch statistics to align "
+                "to; SAR alone is not evaluated here (it barely moved mnist-vit): refine.adapt_layernorm=true turns "
+                "it on")
     return None

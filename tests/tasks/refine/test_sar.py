@@ -104,7 +104,8 @@ def test_model_recovery_restores_the_model_it_started_from():
         assert torch.equal(p, original[name]), name
 
 
-def test_a_layernorm_model_is_refined_with_sar_only_when_asked(scan, vit_onnx, vit_frame, tmp_path_factory):
+def test_a_layernorm_model_with_patch_statistics_is_adapted_by_default_and_not_when_turned_off(
+        scan, vit_onnx, vit_frame, tmp_path_factory):
     from tasks.refine.context import RefineContext
     from tasks.refine.core import refine_predictions
 
@@ -116,12 +117,23 @@ def test_a_layernorm_model_is_refined_with_sar_only_when_asked(scan, vit_onnx, v
         ctx = RefineContext(cfg, adapter, onnx_path, tmp_path_factory.mktemp("work"), ("CPUExecutionProvider",), 1)
         return refine_predictions(ctx, frame, scan.root, scan.truth)
 
-    _, default = refine()
-    assert any("refine.adapt_layernorm=true" in n for n in default["notes"]) and not default["methods"]
-    out, asked = refine(adapt_layernorm=True, ttt_min_routed_share=0.0)
-    assert asked["status"] == "done" and "tent" in asked["methods"], asked
-    assert not any("parity" in r for r in asked["reverted"])  # the adapted ViT was written back to ONNX
+    _, off = refine(adapt_layernorm=False)
+    assert any("refine.adapt_layernorm=false" in n for n in off["notes"]) and not off["methods"], off
+    out, default = refine(ttt_min_routed_share=0.0)  # 'auto': mnist-vit carries its training patches' statistics
+    assert default["status"] == "done" and "tent" in default["methods"], default
+    assert not any("parity" in r for r in default["reverted"])  # the adapted ViT was written back to ONNX
     assert len(out) == len(frame) and set(out["label"]) <= set(adapter.labels)
+
+
+def test_auto_leaves_a_layernorm_model_without_patch_statistics_alone_and_true_adapts_it():
+    from tasks.refine.plan import layernorm_reason
+
+    bare, carrying = vit(), vit_with_statistics(digits_like(16))
+    assert "refine.adapt_layernorm=true turns it on" in layernorm_reason(RefineConfig(), bare)
+    assert layernorm_reason(RefineConfig(), carrying) is None
+    assert "refine.adapt_layernorm=true" in layernorm_reason(RefineConfig(ln_align=False), carrying)
+    assert layernorm_reason(RefineConfig(adapt_layernorm=True), bare) is None
+    assert "false" in layernorm_reason(RefineConfig(adapt_layernorm=False), carrying)
 
 
 def test_patch_alignment_gives_the_target_the_source_embedding_moments_and_changes_only_the_embedding():
