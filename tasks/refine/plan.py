@@ -60,7 +60,7 @@ def layernorm_reason(cfg: RefineConfig, module: object) -> str | None:
     mnist-vit evaluation measured); SAR alone, on a model without them, is only run when asked for (true)."""
     if cfg.adapt_layernorm is False:
         return "TTT skipped: the model has LayerNorm and no BatchNorm, and refine.adapt_layernorm=false"
-    if cfg.adapt_layernorm == "auto" and (not cfg.ln_align or sar.patch_embedding(module) is None):
+    if cfg.adapt_layernorm == "auto" and not sar.can_align(module, cfg.ln_align):
         return ("TTT skipped: the model has LayerNorm and no BatchNorm and carries no source patch statistics to align "
                 "to; SAR alone is not evaluated here (it barely moved mnist-vit): refine.adapt_layernorm=true turns "
                 "it on")

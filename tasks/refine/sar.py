@@ -172,6 +172,11 @@ def patch_embedding(module: nn.Module) -> nn.Conv2d | None:
     return layer if unpadded and layer.groups == 1 and all(d == 1 for d in layer.dilation) else None
 
 
+def can_align(module: nn.Module, enabled: bool) -> bool:
+    """Whether patch alignment runs on ``module``: ``refine.ln_align`` (``enabled``) and a usable patch embedding."""
+    return enabled and patch_embedding(module) is not None
+
+
 def patches(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
     """(items x patches, in_channels x kernel) float64: the flattened input patches ``layer`` multiplies."""
     flat = nn.functional.unfold(x, layer.kernel_size, stride=layer.stride)

@@ -197,7 +197,7 @@ def align_patches(state: Adaptation, cfg: RefineConfig, compute: Compute) -> boo
     """Re-standardize the learning sample's input patches to the model's source patch statistics (CORAL folded into
     the patch embedding, ``sar.align_patch_embedding``); True when aligned and the collapse guard passed. A model
     without statistics, ``refine.ln_align=false`` or a collapse leave the model as it was (False)."""
-    if not cfg.ln_align or sar.patch_embedding(state.module) is None:
+    if not sar.can_align(state.module, cfg.ln_align):
         return False
     before = copy.deepcopy(state.module.state_dict())
     fit = torch.from_numpy(state.fit)

@@ -36,17 +36,6 @@ def _shares(known: pd.Series, correct: dict[str, pd.Series], rows: pd.Series | N
     return {stage: float(right[mask].mean()) for stage, right in correct.items()}
 
 
-def accuracy(frame: pd.DataFrame, column: str, truth: dict[str, str] | None) -> float | None:
-    """Share of labelled ok rows whose ``column`` equals the true label (error rows count as wrong)."""
-    if truth is None or column not in frame:
-        return None
-    expected = frame["path"].map(truth)
-    known = expected.notna()
-    if not known.any():
-        return None
-    return float(((frame[column].astype(str) == expected) & (frame["status"] == "ok"))[known].mean())
-
-
 def stage_accuracy(predictions: pd.DataFrame, truth: dict[str, str] | None) -> dict[str, float]:
     """Accuracy of the labels as each stage left them: infer_label, then refined_label where refinement set one,
     then label."""

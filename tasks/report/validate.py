@@ -180,8 +180,7 @@ def load_frames(run_dir: Path) -> dict[str, pd.DataFrame]:
     if catalog.manifest.is_file():
         manifest = _read(catalog.manifest, READ_COLUMNS["manifest"])
         refused = manifest["scan_error"].notna() if "scan_error" in manifest else pd.Series(False, index=manifest.index)
-        frames["manifest"] = manifest.assign(scanned=~refused)
-        frames["manifest"].attrs = manifest.attrs
+        frames["manifest"] = manifest.assign(scanned=~refused)  # assign keeps attrs (the file's columns)
     predictions = _read(catalog.predictions, READ_COLUMNS["predictions"])
     if "manifest" in frames and "path" in predictions and "path" in frames["manifest"]:
         predictions["path_in_manifest"] = predictions["path"].isin(frames["manifest"]["path"])
