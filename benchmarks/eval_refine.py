@@ -4,7 +4,7 @@
     python benchmarks/eval_refine.py --split dev --seeds 0  # the dev corruptions the defaults were tuned on
     python benchmarks/eval_refine.py --model mnist-vit      # the LayerNorm ViT: "tent" runs patch alignment + SAR
 
-Every method is the stage's own code (``tasks.refine.core.refine_arrays`` with a RefineConfig), started from the
+Every method is the stage's own code (``tasks.refine.work.refine_arrays`` with a RefineConfig), started from the
 source model for every corruption and seed (episodic reset). Errors are top-1 error rates in percent; the mean
 corruption error is the plain mean over the corruptions (not AlexNet-normalized). Compute is in passes per item
 relative to plain inference (a backward pass counts as two forward passes), the plain inference pass included.
@@ -33,7 +33,7 @@ from helios.models.mnist_data import load_split  # noqa: E402
 from tasks.prepare.export import export_onnx  # noqa: E402
 from tasks.refine.config import RefineConfig  # noqa: E402
 from tasks.refine.context import RefineContext  # noqa: E402
-from tasks.refine.core import refine_arrays  # noqa: E402
+from tasks.refine.work import refine_arrays  # noqa: E402
 from tasks.session import open_session  # noqa: E402
 
 METHODS: dict[str, dict] = {

@@ -3,7 +3,7 @@
     python benchmarks/eval_refine_mixtures.py
 
 Each set is the held-back digits cut into equal parts, one per entry (clean or an MNIST-C corruption, seed 0),
-refined in one call of the stage's own code (``tasks.refine.core.refine_arrays``) with the default settings.
+refined in one call of the stage's own code (``tasks.refine.work.refine_arrays``) with the default settings.
 Prints top-1 error in percent before and after, overall and per part, the compute multiplier, and whether the set
 was refined as a mixture (two groups). Not a test.
 """
@@ -25,7 +25,7 @@ from helios.models.mnist_data import load_split  # noqa: E402
 from tasks.prepare.export import export_onnx  # noqa: E402
 from tasks.refine.config import RefineConfig  # noqa: E402
 from tasks.refine.context import RefineContext  # noqa: E402
-from tasks.refine.core import refine_arrays  # noqa: E402
+from tasks.refine.work import refine_arrays  # noqa: E402
 from tasks.session import open_session  # noqa: E402
 
 SETS = {

@@ -1,58 +1,25 @@
-"""The refine stage's entry: read the scanned files again, refine the unsure ones, add columns and a report section.
+"""The refine stage's entry: refine the unsure rows of the infer stage's frame, add columns and a report section.
 
-``refine_predictions`` works on the infer stage's frame, reading files as it needs them (``tasks.refine.stream``:
-a bounded sample for adaptation, chunks for re-inference and TTA) and keeping what reruns can reuse
-(``tasks.refine.memo``); ``refine_arrays`` on a model-ready batch (what the evaluation scripts call), where it
-chooses to refine the items as one set or, for a clear mixture, as two groups.
-Pure core: no Prefect or MLflow. ``truth`` (path -> label) only feeds the accuracy figures, never adaptation.
+``refine_predictions`` returns the answers kept for exactly this set when there are some (``tasks.refine.answers``:
+no file read, no torch), else runs the stage's work (``tasks.refine.work``, imported only then: it loads torch) and
+keeps its answers. Pure core: no Prefect or MLflow. ``truth`` (path -> label) only feeds the accuracy figures,
+never adaptation.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tasks.refine import memo, mixture
+from tasks.refine import answers
 from tasks.refine.context import RefineContext
-from tasks.refine.items import Items, capped_batch
-from tasks.refine.plan import Plan, plan_methods
-from tasks.refine.rounds import refine_set
-from tasks.refine.state import Ledger, Outcome
-from tasks.refine.stream import content_keys, open_files
+from tasks.refine.state import Outcome
+from tasks.refine.stream import content_keys
 
 ADDED = ("ttt_label", "ttt_confidence", "tta_label", "tta_confidence", "refined_label", "refined_confidence",
          "refine_method")
-
-
-def refine_arrays(ctx: RefineContext, x: np.ndarray | Items, label: np.ndarray, confidence: np.ndarray,
-                  truth: np.ndarray | None = None, plan: Plan | None = None) -> Outcome:
-    """Refine items given as a model-ready batch ``x`` (or as ``Items``) with the infer stage's label indices and
-    confidences.
-
-    ``truth`` (label indices, -1 unknown) is used only for the accuracy figures of the report. ``plan`` is
-    ``plan_methods``'s answer when the caller already asked (it loads the torch module). When the model can be
-    adapted, a set that mixes files like the training data with strongly shifted ones is refined as two sets
-    (``tasks.refine.mixture``); any other set as one.
-    """
-    items = x if isinstance(x, Items) else Items.of_array(x)
-    n = len(label)
-    if n and plan is None:
-        plan = plan_methods(ctx.cfg, ctx.adapter)
-    batch = capped_batch(ctx.cfg.batch_size, items.item_bytes)
-    if batch < ctx.cfg.batch_size:  # large inputs: fewer per forward pass (answers do not depend on it)
-        ctx = dataclasses.replace(ctx, cfg=ctx.cfg.model_copy(update={"batch_size": batch}))
-    ledger, facts = Ledger(n, truth), None
-    if n and plan.ttt_reason is None:
-        shifted, facts = mixture.check(ctx, plan, items, ledger)
-        if shifted is not None:
-            return mixture.refine_groups(ctx, items, label, confidence, plan, ledger, shifted, facts)
-    out = refine_set(ctx, items, label, confidence, plan, ledger)
-    if facts is not None:
-        out.summary["mixture"] = facts
-    return out
 
 
 def _empty_columns(frame: pd.DataFrame) -> pd.DataFrame:
@@ -97,33 +64,46 @@ def refine_predictions(ctx: RefineContext, predictions: pd.DataFrame, input_root
     frame.loc[ok, "refine_method"] = ""
     conf_all = rows["confidence"].to_numpy(dtype=np.float64)
     routed = conf_all < cfg.threshold
-    notes = []
-    plan = plan_methods(cfg, adapter)
-    if plan.policy is None and plan.ttt_reason is not None:
-        return frame, {"status": "skipped: " + ("; ".join(plan.notes) or "refine.methods is empty"),
-                       "routed": int(routed.sum()), "threshold": cfg.threshold, "rounds": 0, "methods": {},
-                       "reverted": [], "notes": plan.notes}
     label = rows["label"].map(index).to_numpy(dtype=np.int64)
     keys = content_keys(rows)
-    items = open_files(ctx, Path(input_root), rows["path"].tolist(), label, keys)
-    adaptation = None
-    if keys is not None:
-        items.memo, adaptation = memo.open_memo(ctx, keys)
     truth_idx = None
     if truth:
         truth_idx = np.array([index.get(truth.get(p), -1) for p in rows["path"]], dtype=np.int64)
-    outcome = refine_arrays(ctx, items, label, conf_all, truth_idx, plan)
-    if items.lost:
-        notes.append(f"{len(items.lost)} file(s) no longer decode and were left as inferred")
+    kept_key = answers.answers_key(ctx, rows, label, truth_idx) if keys is not None and cfg.reuse_adaptation else None
+    kept = answers.load(ctx.work_dir, kept_key) if kept_key else None
+    if kept is not None:
+        outcome, created = kept
+        _write_back(frame, ok, adapter.labels, outcome)
+        return frame, _kept_summary(outcome.summary, created, start)
+    from tasks.refine.work import refine_rows  # the methods, and torch
+
+    outcome = refine_rows(ctx, rows, label, input_root, keys, truth_idx)
+    if isinstance(outcome, list):  # the plan's notes: nothing to run
+        return frame, {"status": "skipped: " + ("; ".join(outcome) or "refine.methods is empty"),
+                       "routed": int(routed.sum()), "threshold": cfg.threshold, "rounds": 0, "methods": {},
+                       "reverted": [], "notes": outcome}
     _write_back(frame, ok, adapter.labels, outcome)
-    summary = outcome.summary
-    summary["routed"] = int(routed.sum())
-    if adaptation is not None:
-        summary["adaptation"], more = memo.describe(adaptation, items.memo, ctx.cfg)
-        notes += more
-    summary["notes"] = notes + summary.get("notes", [])
+    outcome.summary["routed"] = int(routed.sum())
+    if kept_key and not outcome.summary.pop("lost", 0):  # a file that no longer decodes may decode again: not kept
+        answers.save(ctx.work_dir, kept_key, outcome, time.strftime("%Y-%m-%dT%H:%M:%S"))
+    outcome.summary["seconds"] = round(time.perf_counter() - start, 3)
+    return frame, outcome.summary
+
+
+def _kept_summary(summary: dict, created: str, start: float) -> dict:
+    """The kept run's report section, saying that its answers were returned as they were."""
+    adaptation = summary.get("adaptation") or {}
+    steps = adaptation.get("reused_steps", 0) + adaptation.get("run_steps", 0)
+    summary["adaptation"] = {**adaptation, "kept": True, "new_files": 0, "new_share": 0.0, "readapt_advised": False,
+                             "reused_steps": steps, "run_steps": 0, "answers_kept": created}
+    summary["adaptation"].pop("readapted", None)
+    note = (f"the answers kept from {created} were returned (same source model, settings, files and infer answers): "
+            "no file read, no torch work, no re-inference")
+    summary["notes"] = [note] + [n for n in summary.get("notes", []) if not n.startswith(("the adaptation kept",
+                                                                                        "the answers kept"))
+                                 and "refine.readapt" not in n]
     summary["seconds"] = round(time.perf_counter() - start, 3)
-    return frame, summary
+    return summary
 
 
 def _write_back(frame: pd.DataFrame, rows: pd.Index, labels: tuple[str, ...], outcome: Outcome) -> None:

@@ -7,7 +7,7 @@ own statistics at the input of the first ``LAYERS`` BatchNorm layers (per-channe
 relative to the source statistics) are split into two groups with 2-means. The set counts as a mixture only when the
 groups differ clearly: one group's pooled statistics stay close to the source (BN shift over all BN layers below
 ``refine.ttt_min_shift``) and the other's moved at least ``MIN_GAP`` times as far and ``MIN_HIGH`` times that
-bound. The refine stage then refines each group as a set of its own (``rounds.refine_arrays``), with its own gates:
+bound. The refine stage then refines each group as a set of its own (``rounds.refine_set``), with its own gates:
 clean files are left alone, shifted ones adapt to their own statistics. On MNIST this separates clean digits from
 fog, brightness, stripe, impulse noise or canny edges with 99-100 % of the files placed right, and never splits a
 set of one corruption (the 15 MNIST-C test and 9 dev corruptions, seeds 0-2).

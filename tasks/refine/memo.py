@@ -16,20 +16,23 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from helios.files import atomic_path
 from tasks.refine.context import RefineContext
 from tasks.refine.state import Compute, Run, Step
-from tasks.refine.ttt import Adaptation
+
+if TYPE_CHECKING:  # torch is imported only where a step is saved or loaded: a rerun whose answers are kept needs none
+    from tasks.refine.ttt import Adaptation
 
 KEY_FILE, SET_FILE = "adaptation.json", "adapted-set.parquet"
-KEPT = (KEY_FILE, SET_FILE, "adapted", "like-source", "shifted", "tta", "probe", "mixture.json", "groups.parquet")
+KEPT = (KEY_FILE, SET_FILE, "adapted", "like-source", "shifted", "tta", "probe", "mixture.json", "groups.parquet",
+        "answers.json", "answers.parquet")
 COMPUTE_ONLY = {"enabled", "batch_size", "reuse_adaptation", "readapt_share", "readapt_auto_share"}  # change speed or advice, not answers
 
 
@@ -82,6 +85,8 @@ class Memo:
 
     def save_step(self, run: Run, round_no: int, step: Step) -> None:
         """Keep one round's torch step; ``step.json`` is written last, so a half-written step is redone."""
+        import torch
+
         folder = run.ctx.work_dir / "adapted" / f"round-{round_no}"
         folder.mkdir(parents=True, exist_ok=True)
         state: Adaptation = step.state
@@ -106,6 +111,10 @@ class Memo:
         path = folder / "model.onnx"
         if meta is None or (meta["onnx_sha"] and (not path.is_file() or self.sha(path) != meta["onnx_sha"])):
             return None
+        import torch
+
+        from tasks.refine.ttt import Adaptation
+
         arrays = np.load(folder / "arrays.npz")
         saved = torch.load(folder / "state.pt", weights_only=True)
         run.module.load_state_dict(saved["module"])

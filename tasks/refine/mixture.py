@@ -5,7 +5,7 @@ the same rounds as any set (``rounds.refine_set``) with a fresh copy of the sour
 of clean files does not look shifted and keeps its answers (TTA still augments its unsure ones); the shifted group
 adapts to its own statistics. One ledger covers the whole set, so the report's per-method figures, the compute
 budget and the accuracy are over all files. The check itself costs one forward pass per item, charged to the
-compute budget and reported under ``mixture``; ``core.refine_arrays`` runs the check and chooses one set or two.
+compute budget and reported under ``mixture``; ``work.refine_arrays`` runs the check and chooses one set or two.
 """
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ from tasks.refine.context import RefineContext
 def refine_stage(ctx: RefineContext, predictions: pd.DataFrame, input_root: Path,
                  truth: dict[str, str] | None = None) -> tuple[pd.DataFrame, dict]:
     """TTA / BN-adapt / TENT on the items below ``ctx.cfg.threshold``; see ``tasks.refine.core.refine_predictions``.
-    The core (and torch, 3.7 s to import) is imported here, not when the pipeline is: a run with refine off, or on
-    text, never loads torch for it."""
+    The core is imported here, not when the pipeline is; it loads torch (3.7 s) only when there is work: a run with
+    refine off, and an unchanged rerun answered by the kept answers, never load torch for it."""
     from tasks.refine.core import refine_predictions
 
     return refine_predictions(ctx, predictions, input_root, truth)

@@ -10,7 +10,7 @@ from helios.models.mnist_data import load_split
 from helios.models.base import softmax
 from tasks.refine.config import RefineConfig
 from tasks.refine.context import RefineContext
-from tasks.refine.core import refine_arrays
+from tasks.refine.work import refine_arrays
 from tasks.refine.domains import shifted_group
 from tasks.session import open_session
 

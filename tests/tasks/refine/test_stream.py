@@ -88,13 +88,63 @@ def test_a_rerun_replays_the_kept_adaptation_without_torch_work(scan, tmp_path):
     frame = with_hashes(scan.frame, scan.root)
     first, s1 = refine(scan.adapter, scan.onnx_path, tmp_path, frame, scan.root, scan.truth, max_rounds=2)
     assert s1["adaptation"]["run_steps"] == 2 and not s1["adaptation"]["kept"]
+    (tmp_path / "answers.json").unlink()  # the kept answers would answer at once: replay the kept steps instead
     again, s2 = refine(Tripwire(scan.adapter), scan.onnx_path, tmp_path, frame, scan.root, scan.truth, max_rounds=2)
     assert s2["adaptation"]["kept"] and s2["adaptation"]["run_steps"] == 0 and s2["adaptation"]["reused_steps"] == 2
+    assert "answers_kept" not in s2["adaptation"]
     assert any("no torch work" in n for n in s2["notes"]) and not s2["adaptation"]["readapt_advised"]
     for column in ("label", "confidence", "refine_method", "ttt_label", "tta_label"):
         assert first[column].equals(again[column]), column
     assert s2["accuracy_after"] == s1["accuracy_after"]
     assert {k: v["touched"] for k, v in s2["methods"].items()} == {k: v["touched"] for k, v in s1["methods"].items()}
+
+
+RERUN = """
+import sys, pandas as pd
+from helios.models.mnist_cnn import load_mnist_cnn
+from tasks.refine.config import RefineConfig
+from tasks.refine.context import RefineContext
+from tasks.refine.core import refine_predictions
+frame = pd.read_parquet(sys.argv[1])
+ctx = RefineContext(RefineConfig(adapt_max_items=256, batch_size=64, tent_epochs=1, max_rounds=1), load_mnist_cnn(),
+                    sys.argv[2], sys.argv[3], ("CPUExecutionProvider",), 1)
+out, summary = refine_predictions(ctx, frame, sys.argv[4])
+out.to_parquet(sys.argv[5])
+print("torch imported:", "torch" in sys.modules, "| note:", summary["notes"][0])
+"""
+
+
+def test_an_unchanged_rerun_returns_the_kept_answers_without_importing_torch(scan, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    frame = with_hashes(scan.frame, scan.root)
+    first, s1 = refine(scan.adapter, scan.onnx_path, tmp_path / "work", frame, scan.root)
+    frame.to_parquet(tmp_path / "frame.parquet")
+    done = subprocess.run([sys.executable, "-c", RERUN, str(tmp_path / "frame.parquet"), str(scan.onnx_path),
+                           str(tmp_path / "work"), str(scan.root), str(tmp_path / "out.parquet")],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[3])
+    assert done.returncode == 0, done.stderr
+    assert "torch imported: False" in done.stdout and "answers kept from" in done.stdout, done.stdout
+    again = pd.read_parquet(tmp_path / "out.parquet")
+    for column in ("label", "confidence", "refine_method", "ttt_label", "tta_label", "refined_confidence"):
+        assert first[column].isna().tolist() == again[column].isna().tolist(), column
+        assert first[column].dropna().tolist() == again[column].dropna().tolist(), column
+
+
+def test_kept_answers_are_not_returned_when_a_file_or_an_infer_answer_changed(scan, tmp_path):
+    frame = with_hashes(scan.frame, scan.root)
+    refine(scan.adapter, scan.onnx_path, tmp_path, frame, scan.root)
+    _, same = refine(scan.adapter, scan.onnx_path, tmp_path, frame, scan.root)
+    assert same["adaptation"]["answers_kept"] and same["adaptation"]["run_steps"] == 0
+    changed = frame.copy()
+    changed.loc[3, "content_hash"] = "0" * 32  # one file's bytes changed since
+    _, other = refine(Tripwire(scan.adapter), scan.onnx_path, tmp_path, changed, scan.root)
+    assert "answers_kept" not in other["adaptation"] and other["adaptation"]["kept"]  # replayed, not returned
+    answered = frame.assign(confidence=frame["confidence"] * 0.5)  # the infer stage answered differently
+    _, replayed = refine(Tripwire(scan.adapter), scan.onnx_path, tmp_path, answered, scan.root)
+    assert "answers_kept" not in replayed["adaptation"]
 
 
 def test_new_files_are_answered_by_the_kept_adaptation_and_readapting_is_advised(scan, big, tmp_path):

@@ -30,15 +30,30 @@ def test_algorithm_modules_import_only_torch_or_numpy(name, allowed):
     assert {m for m in imports(ROOT / name) if m.split(".")[0] != "torch"} <= allowed
 
 
+LAZY = {"task.py": "tasks.refine.core", "core.py": "tasks.refine.work"}
+
+
 def test_no_module_imports_inside_a_function():
-    """Except one: the Prefect wrapper imports the core (and with it torch) when the task runs, so importing the
-    pipeline does not load torch (tests/flows/test_library_use.py)."""
+    """Except two: the Prefect wrapper imports the core when the task runs, so importing the pipeline loads none of
+    the stage (tests/flows/test_library_use.py); the core imports the work (and with it torch) only when its kept
+    answers do not answer, and memo imports torch where it saves or loads a torch step."""
     for path in ROOT.glob("*.py"):
         functions = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)]
         nested = [i for f in functions for i in ast.walk(f) if isinstance(i, (ast.Import, ast.ImportFrom))]
-        if path.name == "task.py":
-            nested = [i for i in nested if not (isinstance(i, ast.ImportFrom) and i.module == "tasks.refine.core")]
+        nested = [i for i in nested if not (isinstance(i, ast.ImportFrom) and i.module == LAZY.get(path.name))]
+        if path.name == "memo.py":
+            nested = [i for i in nested if not (isinstance(i, ast.Import) and i.names[0].name == "torch")
+                      and not (isinstance(i, ast.ImportFrom) and i.module == "tasks.refine.ttt")]
         assert not nested, f"{path.name}: imports at lines {[i.lineno for i in nested]}"
+
+
+def test_the_core_and_its_kept_answers_do_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, tasks.refine.core; print(sorted(m for m in ('torch', 'scipy') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT.parents[1], timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
 def test_the_package_imports_form_no_circle():
