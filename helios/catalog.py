@@ -83,6 +83,11 @@ class RunCatalog:
         return self.run_dir / "input-copies"
 
     @property
+    def figures(self) -> Path:
+        """The report's figures as last drawn, by a key of their data (an unchanged figure is not drawn again)."""
+        return self.run_dir / "figures"
+
+    @property
     def report_json(self) -> Path:
         return self.run_dir / "report.json"
 

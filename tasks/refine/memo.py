@@ -24,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from helios.files import atomic_path
+from helios.frames import is_in
 from tasks.refine.context import RefineContext
 from tasks.refine.state import Compute, Run, Step
 
@@ -151,7 +152,7 @@ def open_memo(ctx: RefineContext, keys: np.ndarray) -> tuple[Memo, dict]:
     facts = {"key": key, "kept": False, "new_files": 0, "new_share": 0.0, "readapt_advised": False}
     if meta is not None and meta.get("key") == key and cfg.reuse_adaptation and (root / SET_FILE).is_file():
         seen = pq.read_table(root / SET_FILE)["key"].to_numpy(zero_copy_only=False)
-        new = int((~pd.Index(keys).isin(seen)).sum())
+        new = int((~is_in(keys, seen)).sum())
         share = new / max(len(keys), 1)
         facts.update(new_files=new, new_share=round(share, 4))
         if share <= cfg.readapt_auto_share:

@@ -14,6 +14,7 @@ import pandas as pd
 from helios.catalog import RunCatalog
 from tasks.report.config import ReportConfig
 from tasks.report.derive import derive_figures, errors_by_kind, headline, jsonable
+from tasks.report.figure_cache import cached_figures
 
 REQUIRED_KEYS = ("hardware", "config", "counts", "stages")
 
@@ -85,6 +86,14 @@ def write_variants_csv(variants: list[dict], path: Path) -> Path | None:
     return path
 
 
+def draw_figures(figures: dict) -> dict[str, str]:
+    """Draw figures with matplotlib, imported only here: a JSON-only report, or one whose figures are all kept,
+    never pays for it."""
+    from tasks.report.plots import render_figures
+
+    return render_figures(figures)
+
+
 def build_report(cfg: ReportConfig, summary: dict, run_dir: Path) -> ReportFiles:
     """Write report.json (always), report.html (when ``cfg.html``) and variants.csv (when there are variants)."""
     run_dir = Path(run_dir)
@@ -95,11 +104,10 @@ def build_report(cfg: ReportConfig, summary: dict, run_dir: Path) -> ReportFiles
     json_path.write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     html_path = None
     if cfg.html:
-        # Imported here so a JSON-only report never pays for matplotlib.
-        from tasks.report.plots import render_figures
         from tasks.report.render import render_html
 
         html_path = catalog.report_html
-        html_path.write_text(render_html(report, render_figures(report["figures"])), encoding="utf-8")
+        figures = cached_figures(report["figures"], catalog.figures, draw_figures)
+        html_path.write_text(render_html(report, figures), encoding="utf-8")
     csv_path = write_variants_csv(report.get("variants") or [], catalog.variants_csv)
     return ReportFiles(json=json_path, html=html_path, variants_csv=csv_path)

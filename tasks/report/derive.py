@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from helios.errors import error_kind
+from helios.frames import is_in
 
 SKIP_PREFIXES = ("skipped", "not run", "not built", "disabled", "off")
 
@@ -81,7 +82,7 @@ def errors_by_kind(predictions: pd.DataFrame, manifest: pd.DataFrame | None, exa
                 "examples": [{"path": str(p), "error": m} for p, m in zip(group["path"][:examples], group["_msg"][:examples])],
             })
     if manifest is not None and "path" in manifest and "path" in predictions:
-        missing = manifest.loc[~manifest["path"].isin(predictions["path"]), "path"]
+        missing = manifest.loc[~is_in(manifest["path"], predictions["path"]), "path"]
         if len(missing):
             rows.append({
                 "kind": "missing",

@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from helios.catalog import RunCatalog
+from helios.frames import is_in
 from tasks.report.config import ReportConfig
 
 SAMPLE_COLUMNS = {"manifest": ("path", "size_bytes", "content_hash"),
@@ -135,7 +136,7 @@ def _failure(suite: str, outcome: Any, frames: dict[str, pd.DataFrame], n: int) 
     elif config.type == "expect_table_row_count_to_equal":
         details = f"{result.get('observed_value')} rows, expected {config.kwargs['value']} (one per manifest file)"
         manifest, predictions = frames["manifest"], frames["predictions"]
-        missing = manifest.index[~manifest["path"].isin(predictions["path"])]
+        missing = manifest.index[~is_in(manifest["path"], predictions["path"])]
         rows = (_sample(frames, "manifest", missing, n)
                 or _sample(frames, "predictions", predictions.index[predictions["path"].duplicated(keep=False)], n))
     elif "unexpected_count" in result:
@@ -183,7 +184,7 @@ def load_frames(run_dir: Path) -> dict[str, pd.DataFrame]:
         frames["manifest"] = manifest.assign(scanned=~refused)  # assign keeps attrs (the file's columns)
     predictions = _read(catalog.predictions, READ_COLUMNS["predictions"])
     if "manifest" in frames and "path" in predictions and "path" in frames["manifest"]:
-        predictions["path_in_manifest"] = predictions["path"].isin(frames["manifest"]["path"])
+        predictions["path_in_manifest"] = is_in(predictions["path"], frames["manifest"]["path"])
     frames["predictions"] = predictions
     return frames
 

@@ -12,6 +12,7 @@ from typing import Any, Callable, Literal
 
 import pandas as pd
 
+from helios.frames import is_in
 from helios.reader import SafeReader, common_root
 from tasks.review.budget import Budget
 from tasks.review.cache import AnswerCache
@@ -219,7 +220,7 @@ def apply_review(predictions: pd.DataFrame, rows: list[ReviewRow]) -> pd.DataFra
 
 def review_accuracy(df: pd.DataFrame, truth: dict[str, str]) -> dict[str, Any]:
     """Accuracy of the labels after review over labeled ok rows; on reviewed rows, the LLM's and the model's."""
-    ok = df[(df["status"] == "ok") & df["path"].isin(truth.keys())]
+    ok = df[(df["status"] == "ok") & is_in(df["path"], truth.keys())]
     expected = ok["path"].map(truth)
     reviewed = ok[ok.get("review_status", pd.Series(index=ok.index, dtype=object)) == "reviewed"]
     expected_reviewed = reviewed["path"].map(truth)
