@@ -65,6 +65,7 @@ def helios_pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
             str(catalog.llm_cache), review_tracer(config.tracking, tracking.result())))
         summary = summarize(run, run.save(predictions), (profile, rec), prepared, optimized, inferred,
                             (refined, reviewed), tracking)
+        del predictions  # the report reads the columns it looks at from predictions.parquet: not two frames at once
         report = run.clock.lap("report", report_stage(config.report, summary, str(catalog.run_dir), run.adapter.labels))
         summary.stages = finish_report(catalog, run.clock.stages)
         track_run(tracking.result(), summary, optimized, catalog, run.inputs())

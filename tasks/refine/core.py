@@ -49,7 +49,7 @@ def refine_predictions(ctx: RefineContext, predictions: pd.DataFrame, input_root
     """
     start = time.perf_counter()
     cfg, adapter = ctx.cfg, ctx.adapter
-    frame = _empty_columns(predictions.copy())
+    frame = _empty_columns(predictions.copy(deep=False))  # copy-on-write: only the columns written are copied
     if not cfg.enabled:
         return frame, {"status": "disabled"}
     index = {name: i for i, name in enumerate(adapter.labels)}

@@ -26,8 +26,12 @@ class ReportFiles:
     variants_csv: Path | None
 
 
+READ = ("path", "status", "error", "final_stage", "confidence", "infer_confidence")  # what the report looks at
+
+
 def read_outputs(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """predictions.parquet (required) and manifest.parquet (when present) of a run directory."""
+    """predictions.parquet (required; the columns in ``READ`` it has: never the vectors of infer.outputs, which the
+    report gets only as a summary) and manifest.parquet's paths (when present) of a run directory."""
     import pyarrow.parquet as pq
 
     catalog = RunCatalog(Path(run_dir))
@@ -35,7 +39,8 @@ def read_outputs(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     if not predictions_path.is_file():
         raise FileNotFoundError(f"{predictions_path} does not exist: the report needs the infer stage's predictions")
     try:
-        predictions = pd.read_parquet(predictions_path, columns=scalar_columns(predictions_path))
+        names = pq.read_schema(predictions_path).names
+        predictions = pd.read_parquet(predictions_path, columns=[c for c in READ if c in names])
         manifest_path = catalog.manifest
         manifest = None
         if manifest_path.is_file():  # the report looks only at its paths (files never predicted)
@@ -43,15 +48,6 @@ def read_outputs(run_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read the outputs in {run_dir}: {exc}") from exc
     return predictions, manifest
-
-
-def scalar_columns(path: Path) -> list[str]:
-    """The predictions' columns without infer.outputs' list columns (vectors: the report gets only their summary)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    return [f.name for f in pq.read_schema(path)
-            if not (pa.types.is_fixed_size_list(f.type) or pa.types.is_list(f.type))]
 
 
 def assemble_report(cfg: ReportConfig, summary: dict, run_dir: Path,

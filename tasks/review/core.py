@@ -199,7 +199,7 @@ def _redact(text: str | None, secret: str) -> str | None:
 
 def apply_review(predictions: pd.DataFrame, rows: list[ReviewRow]) -> pd.DataFrame:
     """A copy with the review columns; a ``disagree`` with a valid label relabels the row (final_stage 'review')."""
-    out = predictions.copy()
+    out = predictions.copy(deep=False)  # copy-on-write: only the columns written are copied
     for column in REVIEW_COLUMNS:
         out[column] = pd.Series([None] * len(out), index=out.index, dtype=object)
     if "final_stage" not in out:
