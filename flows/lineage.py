@@ -61,13 +61,20 @@ def digest_rows(rows: Iterable[tuple[str, str]]) -> str:
     return h.hexdigest()
 
 
-def manifest_rows(manifest_path: Path, only: Iterable[str] | None = None) -> list[tuple[str, str]]:
-    """(path, content hash) of every manifest row (or of the paths in ``only``); unreadable files hash to ''."""
+def manifest_digest(manifest_path: Path, only: Iterable[str] | None = None, chunk: int = 8192) -> tuple[str, int]:
+    """(``digest_rows`` of the manifest's (path, content hash) rows, or of the paths in ``only``; row count), sorted
+    and hashed in Arrow chunk by chunk: no Python tuple per file (200,000 files held ~45 MB as tuples). Unreadable
+    files hash as ''."""
     table = pq.read_table(manifest_path, columns=["path", "content_hash"])
     if only is not None:
         table = table.filter(pc.is_in(table["path"], value_set=pa.array(list(only), pa.string())))
-    hashes = [h or "" for h in table["content_hash"].to_pylist()]
-    return list(zip(table["path"].to_pylist(), hashes))
+    table = table.set_column(1, "content_hash", pc.fill_null(table["content_hash"], ""))
+    table = table.sort_by([("path", "ascending"), ("content_hash", "ascending")])  # bytewise: UTF-8 = code points
+    h = _hasher()
+    for batch in table.to_batches(chunk):
+        h.update("".join(f"{p}\0{c}\n" for p, c in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()))
+                 .encode("utf-8", "surrogateescape"))
+    return h.hexdigest(), table.num_rows
 
 
 def source_uri(location: str) -> str:
@@ -85,9 +92,9 @@ def dataset_name(location: str) -> str:
 
 def run_datasets(inputs: RunInputs, manifest_path: Path) -> list[DatasetRecord]:
     """The run's dataset inputs: the scanned input, the labels when given, the optimize sample when there is one."""
-    rows = manifest_rows(manifest_path)
+    digest, rows = manifest_digest(manifest_path)
     name = dataset_name(inputs.input_root)
-    records = [DatasetRecord(name, source_uri(inputs.input_root), digest_rows(rows), len(rows), CONTEXT_INPUT)]
+    records = [DatasetRecord(name, source_uri(inputs.input_root), digest, rows, CONTEXT_INPUT)]
     if inputs.labels_csv:
         labels = Path(inputs.labels_csv)
         data = labels.read_bytes()
@@ -97,9 +104,9 @@ def run_datasets(inputs: RunInputs, manifest_path: Path) -> list[DatasetRecord]:
         records.append(DatasetRecord(dataset_name(str(labels)), source_uri(str(labels)), h.hexdigest(), lines,
                                      CONTEXT_LABELS))
     if inputs.sample:
-        sample = manifest_rows(manifest_path, inputs.sample)
-        records.append(DatasetRecord(f"{name} (optimize sample)", source_uri(inputs.input_root), digest_rows(sample),
-                                     len(sample), CONTEXT_SAMPLE))
+        digest, rows = manifest_digest(manifest_path, inputs.sample)
+        records.append(DatasetRecord(f"{name} (optimize sample)", source_uri(inputs.input_root), digest, rows,
+                                     CONTEXT_SAMPLE))
     return records
 
 

@@ -24,6 +24,7 @@ from flows.reuse import ReusedModel, class_champion, is_model_uri, registered_mo
 from flows.tracking import PendingTracker, Tracker, default_tracking_uri, start_tracking, track_run
 from helios.catalog import RunCatalog
 from helios.files import read_labels, write_json
+from helios.heap import trim_heap
 from helios.models import ModelAdapter, ModelConfig, load_model
 from helios.redact import redact, redact_uri
 from tasks.detect.task import detect_stage
@@ -88,7 +89,9 @@ class Stopwatch:
         self._t = time.perf_counter()
 
     def lap(self, name: str, value=None):
-        """Record the seconds since the last lap under ``name``; return ``value`` (the stage's result)."""
+        """Record the seconds since the last lap under ``name``; return ``value`` (the stage's result). The heap the
+        stage freed goes back to the OS first (``trim_heap``): the next stage starts from what is really held."""
+        trim_heap()
         now = time.perf_counter()
         self.stages[name] = round(now - self._t, 3)
         self._t = now

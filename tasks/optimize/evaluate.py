@@ -17,8 +17,6 @@ weights, ORT's arena and activations on the host; on CUDA, device memory is not 
 """
 from __future__ import annotations
 
-import ctypes
-import gc
 import threading
 import time
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from typing import Callable
 
 import numpy as np
 
+from helios.heap import trim_heap
 from helios.models.base import Decoded, ModelAdapter
 
 
@@ -53,8 +52,7 @@ class PeakRss:
     def __enter__(self) -> PeakRss:
         import psutil
 
-        gc.collect()
-        _trim_heap()
+        trim_heap()
         self._proc = psutil.Process()
         self._base = self._max = self._proc.memory_info().rss
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -70,13 +68,6 @@ class PeakRss:
         self._thread.join()
         self._max = max(self._max, self._proc.memory_info().rss)
         self.peak_mb = round((self._max - self._base) / 2**20, 1)
-
-
-def _trim_heap() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): measure without trimming
-        pass
 
 
 MIN_TIMED_S = 0.1

@@ -53,8 +53,9 @@ def refine_predictions(ctx: RefineContext, predictions: pd.DataFrame, input_root
     if not cfg.enabled:
         return frame, {"status": "disabled"}
     index = {name: i for i, name in enumerate(adapter.labels)}
-    usable = frame[(frame["status"] == "ok") & frame["label"].isin(list(index))]
-    ok = usable.sort_values("path", kind="stable").index  # a canonical order: the answers do not depend on the frame's
+    usable = frame.index[((frame["status"] == "ok") & frame["label"].isin(list(index))).to_numpy()]
+    # a canonical order (by path), so the answers do not depend on the frame's; no copy of the frame's other columns
+    ok = usable[np.argsort(frame.loc[usable, "path"].to_numpy(dtype=object), kind="stable")]
     skipped = _unsupported(ctx, len(ok))
     if skipped:
         return frame, {"status": skipped, "routed": 0, "threshold": cfg.threshold, "methods": {}}

@@ -160,7 +160,7 @@ def open_memo(ctx: RefineContext, keys: np.ndarray) -> tuple[Memo, dict]:
             return Memo(root, key), facts
         facts["readapted"] = True
     clear(root)
-    write_table({"key": pd.unique(np.asarray(keys, dtype=object)).astype(str)}, root / SET_FILE)
+    write_table({"key": pd.unique(np.asarray(keys, dtype=object))}, root / SET_FILE)  # str objects: not 128 B each
     write_json({"key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": int(len(keys))}, root / KEY_FILE)
     return Memo(root, key), facts
 

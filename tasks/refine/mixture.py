@@ -93,7 +93,7 @@ def _load_split(items: Items):
 def _save_split(items: Items, shifted: np.ndarray | None, facts: dict, splitter, passes: int) -> None:
     root = items.memo.root
     if shifted is not None:
-        write_table({"key": np.asarray(items.keys).astype(str), "shifted": shifted}, root / "groups.parquet")
+        write_table({"key": np.asarray(items.keys, dtype=object), "shifted": shifted}, root / "groups.parquet")
     write_json({"facts": facts, "passes": passes, "splitter": None if splitter is None else splitter.to_dict()},
                root / "mixture.json")
 

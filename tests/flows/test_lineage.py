@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.lineage import RunInputs, dataset_name, digest_rows, run_datasets, source_uri
+from flows.lineage import RunInputs, dataset_name, digest_rows, manifest_digest, run_datasets, source_uri
 from tasks.infer.scan import scan_input
 
 
@@ -55,6 +55,19 @@ def _hashes(manifest: Path) -> list[str]:
 def test_digest_ignores_order():
     rows = [("b", "2"), ("a", "1")]
     assert digest_rows(rows) == digest_rows(reversed(rows))
+
+
+def test_the_manifest_digest_is_digest_rows_of_its_rows_in_any_order_and_chunking(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = ["z/9.txt", "é/1.txt", "a/2.txt", "日本/3.txt", "a/10.txt", "b/unreadable.txt"]
+    hashes = ["h9", "h1", "h2", "h3", "h10", None]  # an unreadable file has no hash
+    pq.write_table(pa.table({"path": paths, "content_hash": hashes}), tmp_path / "manifest.parquet")
+    expected = digest_rows([(p, h or "") for p, h in zip(paths, hashes)])
+    assert manifest_digest(tmp_path / "manifest.parquet", chunk=2) == (expected, 6)
+    assert manifest_digest(tmp_path / "manifest.parquet", ["a/2.txt", "é/1.txt"]) == (
+        digest_rows([("a/2.txt", "h2"), ("é/1.txt", "h1")]), 2)
 
 
 def test_sources_never_carry_credentials():
