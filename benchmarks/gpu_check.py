@@ -1187,6 +1187,11 @@ def _run(args, report: Report, budget: Budget, work: Path) -> int:
     if sizes["files"] or args.files:
         model_flow(api, report, budget, args, "mnist-cnn", adapters["mnist-cnn"], cfgs["mnist-cnn"], mnist_dir,
                    sizes["files"], work, run_profile, rec, ctx)
+    if budget.left() >= 40 or args.dry_run:
+        with phase(report, "refine"):
+            d["refine"] = refine_check(report, args, adapters["mnist-cnn"], work, ctx)
+    else:
+        report.problem(f"refine on the GPU skipped: {budget.left():.0f} s left in the budget")
     if "minilm" in adapters:
         if budget.left() < 45:
             report.problem(f"minilm skipped: {budget.left():.0f} s left in the budget")
@@ -1214,6 +1219,60 @@ def _run(args, report: Report, budget: Budget, work: Path) -> int:
     report.write()
     print_table(report)
     return 0 if d["ok"] else 1
+
+
+def refine_check(report: Report, args, adapter, work: Path, ctx: dict) -> dict:
+    """The refine stage's torch work (BN-adapt, TENT, the mixture check, write-back export; issue 17) over the same
+    half-clean, half-fog digits with ``refine.device=cuda`` and ``cpu``: seconds each, agreement of the answers,
+    PyTorch's peak GPU memory. On a dry run (or without torch.cuda) only the CPU side runs."""
+    import numpy as np
+    import torch
+
+    from helios.data.corruptions import apply_corruption
+    from helios.models.base import softmax
+    from helios.models.mnist_cnn import normalize
+    from helios.models.mnist_data import load_split
+    from tasks.prepare.export import export_onnx
+    from tasks.refine.config import RefineConfig
+    from tasks.refine.context import RefineContext
+    from tasks.refine.work import refine_arrays
+    from tasks.session import open_session
+
+    x_train, y_train, x_test, y_test = load_split()
+    images, truth = np.concatenate([x_test, x_train]), np.concatenate([y_test, y_train])
+    n = min(len(images), 128 if args.dry_run else 4096)
+    half = n // 2
+    images = np.concatenate([images[:half], apply_corruption("fog", images[half:n], np.random.default_rng(0))])
+    x, truth = normalize(images), truth[:n]
+    onnx_path = export_onnx(adapter, work / "refine-source", 17)
+    probs = softmax(open_session(onnx_path).run({"image": x})[0].astype(np.float64))
+    label, conf = probs.argmax(1), probs.max(1)
+    devices = ["cuda", "cpu"] if ctx.get("torch_cuda") else ["cpu"]
+    out, answers = {"items": n, "devices": devices}, {}
+    for device in devices:
+        providers = (CUDA_EP, CPU_EP) if device == "cuda" else (CPU_EP,)
+        refine_ctx = RefineContext(RefineConfig(device=device), adapter, onnx_path, work / f"refine-{device}", providers)
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        result = refine_arrays(refine_ctx, x, label, conf, truth)
+        answers[device] = result.label
+        out[device] = {"seconds": round(time.perf_counter() - start, 2),
+                       "accuracy_before": result.summary.get("accuracy_before"),
+                       "accuracy_after": result.summary.get("accuracy_after"),
+                       "mixture_split": (result.summary.get("mixture") or {}).get("split")}
+        if device == "cuda":
+            out[device]["max_allocated_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if "cuda" in answers:
+        agree = float((answers["cuda"] == answers["cpu"]).mean())
+        out["agreement_cuda_vs_cpu"] = agree
+        report.check("gpu", "refine_on_gpu_matches_cpu", agree >= 0.99 and out["cuda"]["max_allocated_mb"] > 0,
+                     {"agreement": agree, "max_allocated_mb": out["cuda"]["max_allocated_mb"]})
+    else:
+        report.check("cpu", "refine_torch_work_on_cpu", out["cpu"]["accuracy_after"] is not None,
+                     out["cpu"])
+        report.note("refine: the GPU side was not run (no torch.cuda or --dry-run); the CPU side shows the path runs")
+    return out
 
 
 def memory_summary(report: Report) -> dict:

@@ -24,6 +24,9 @@ class RefineConfig(StageConfig):
                                  "(a class-mixed sample); every item is still answered.")
     adapt_max_mb: int = Field(256, ge=1, description="... and at most this many MB of model-ready inputs (the sample "
                               "is held in memory: 224x224 RGB float32 -> about 445 items).")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the torch work runs (BN-adapt, TENT/SAR, "
+                                                   "the mixture check): auto = the GPU when the stage's providers "
+                                                   "include CUDA and torch sees one, else the CPU.")
     reuse_adaptation: bool = Field(True, description="Reruns with the same source model and settings reuse the kept "
                                    "adaptation (no torch work) and answer new files with it; false adapts again.")
     readapt_share: float = Field(0.2, ge=0, le=1, description="Advise adapting again when more than this share of "

@@ -14,6 +14,7 @@ class RefineContext:
     """The stage's settings and the model it refines: config, adapter, the ONNX file the infer stage ran, the folder
     for adapted models, and the ONNX Runtime providers and intra-op threads (also torch's while adapting; 0: default).
 
+    ``device`` is where torch works (``ttt.torch_device`` resolves ``refine.device`` when the stage starts).
     ``reinfer`` (None: this process's ONNX session, chunk by chunk) is how an adapted model answers files: called
     with the adapted ONNX file and paths relative to the input root, it returns a frame with ``path``, ``status``,
     ``label`` and ``confidence`` (the pipeline runs the infer stage's shards, index and cache: ``flows.refine_infer``).
@@ -26,6 +27,7 @@ class RefineContext:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     threads: int = 0
     reinfer: Callable[[Path, Sequence[str]], object] | None = None
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "onnx_path", Path(self.onnx_path))

@@ -62,7 +62,7 @@ def _features(moments, sources) -> np.ndarray:
         var = var.double() + 1e-5
         cols.append((((m - mu.double()) ** 2) / var).mean(1))
         cols.append(torch.log((v + 1e-5) / var).mean(1))
-    return torch.stack(cols, 1).numpy()
+    return torch.stack(cols, 1).cpu().numpy()
 
 
 def _two_means(f: np.ndarray, iterations: int = 50) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # torch is imported only where a step is saved or loaded: a r
 KEY_FILE, SET_FILE = "adaptation.json", "adapted-set.parquet"
 KEPT = (KEY_FILE, SET_FILE, "adapted", "like-source", "shifted", "tta", "probe", "mixture.json", "groups.parquet",
         "answers.json", "answers.parquet")
-COMPUTE_ONLY = {"enabled", "batch_size", "reuse_adaptation", "readapt_share", "readapt_auto_share"}  # change speed or advice, not answers
+COMPUTE_ONLY = {"enabled", "batch_size", "device", "reuse_adaptation", "readapt_share", "readapt_auto_share"}  # change speed or advice, not answers
 
 
 def file_sha256(path: Path) -> str:
@@ -117,7 +117,7 @@ class Memo:
         from tasks.refine.ttt import Adaptation
 
         arrays = np.load(folder / "arrays.npz")
-        saved = torch.load(folder / "state.pt", weights_only=True)
+        saved = torch.load(folder / "state.pt", weights_only=True, map_location="cpu")  # a GPU run's too
         run.module.load_state_dict(saved["module"])
         probs = arrays["probs"] if arrays["probs"].size else None
         state = Adaptation(run.module, None, arrays["source_labels"], meta["n_classes"], arrays["fit"], None,

@@ -40,7 +40,7 @@ def check(ctx: RefineContext, plan: Plan, items: Items, ledger: Ledger) -> tuple
     kept = _load_split(items)
     with torch_threads(ctx.threads):
         if kept is None:
-            sample = torch.from_numpy(np.ascontiguousarray(items.sample))
+            sample = torch.from_numpy(np.ascontiguousarray(items.sample)).to(ctx.device)
             found, facts, splitter = domains.find_groups(plan.module, sample, ctx.cfg.batch_size, ctx.cfg.ttt_min_shift)
             passes, shifted, todo = facts.pop("forward_passes", 0), None, np.zeros(0, np.int64)
             if found is not None:

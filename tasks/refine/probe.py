@@ -24,7 +24,7 @@ class FeatureProbe(nn.Module):
 
     def __init__(self, module: nn.Module, layers: int):
         super().__init__()
-        self.module = copy.deepcopy(module).eval()
+        self.module = copy.deepcopy(module).cpu().eval()  # exported on the CPU, wherever the module was adapted
         self.norms = bn_adapt.tracked_layers(self.module)[:layers]
         self._seen: list[torch.Tensor] = []
         for layer in self.norms:

@@ -86,7 +86,8 @@ class SAM:
     def first_step(self) -> None:
         """Move to the worst point within ``rho`` of the current parameters (along the gradient)."""
         grads = [p.grad for p in self.params if p.grad is not None]
-        norm = torch.norm(torch.stack([g.norm(2) for g in grads]), 2) if grads else torch.tensor(0.0)
+        norm = (torch.norm(torch.stack([g.norm(2) for g in grads]), 2) if grads
+                else torch.tensor(0.0, device=self.params[0].device))
         scale = self.rho / (norm + 1e-12)
         self._moved = []
         for p in self.params:
@@ -217,8 +218,9 @@ def align_patch_embedding(module: nn.Module, chunks: list[torch.Tensor], eps: fl
     if layer is None:
         return False
     stats = module.patch_statistics
-    source_mean, source_cov = stats["mean"].double(), stats["cov"].double()
     target_mean, target_cov = patch_moments(layer, chunks)
+    device = target_mean.device  # plain attributes, not buffers: they stay on the CPU when the module moves
+    source_mean, source_cov = stats["mean"].double().to(device), stats["cov"].double().to(device)
     finite = bool(torch.isfinite(target_mean).all() and torch.isfinite(target_cov).all())
     if source_mean.shape != target_mean.shape or not finite:
         return False

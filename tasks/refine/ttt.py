@@ -32,6 +32,18 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+def torch_device(wanted: str, providers: tuple[str, ...]) -> str:
+    """``refine.device`` resolved: "cuda" when asked for, or with ``auto`` when the stage's providers include CUDA and
+    torch sees a GPU; else "cpu". Asking for cuda where torch sees none is an error naming the fix."""
+    if wanted == "cpu":
+        return "cpu"
+    available = torch.cuda.is_available()
+    if wanted == "cuda" and not available:
+        raise ValueError("refine.device=cuda but torch sees no CUDA device here (a CPU-only torch wheel, or no GPU): "
+                         "use refine.device=auto or cpu")
+    return "cuda" if available and (wanted == "cuda" or "CUDAExecutionProvider" in providers) else "cpu"
+
+
 @dataclass
 class Adaptation:
     """The model being adapted and what each step did; ``module`` always holds the last state that passed the guards."""
@@ -51,16 +63,16 @@ class Adaptation:
 
 
 def start_adaptation(module: nn.Module, x: np.ndarray, source_labels: np.ndarray, n_classes: int, max_items: int,
-                     rng: np.random.Generator) -> Adaptation:
-    """Wrap an eval-mode module and the whole set (N, C, H, W float32) for adaptation.
+                     rng: np.random.Generator, device: str = "cpu") -> Adaptation:
+    """Wrap an eval-mode module and the whole set (N, C, H, W float32) for adaptation, both on ``device``.
 
     Adaptation learns from at most ``max_items`` items (a class-mixed sample, so its cost stays bounded on large
     scans); the guards and the answers cover every item.
     """
-    module.eval()
+    module.to(device).eval()
     labels = np.asarray(source_labels)
     fit = np.sort(safety.mixed_order(labels, rng)[:max_items])
-    return Adaptation(module, torch.from_numpy(np.ascontiguousarray(x)), labels, n_classes, fit)
+    return Adaptation(module, torch.from_numpy(np.ascontiguousarray(x)).to(device), labels, n_classes, fit)
 
 
 def predict(module: nn.Module, x: torch.Tensor, batch_size: int) -> np.ndarray:
@@ -68,7 +80,7 @@ def predict(module: nn.Module, x: torch.Tensor, batch_size: int) -> np.ndarray:
     module.eval()
     with torch.no_grad():
         logits = torch.cat([module(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else x
-    return torch.softmax(logits.double(), 1).numpy()
+    return torch.softmax(logits.double(), 1).cpu().numpy()
 
 
 def _guard(state: Adaptation, cfg: RefineConfig, method: str, compute: Compute) -> bool:

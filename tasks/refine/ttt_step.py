@@ -25,7 +25,7 @@ def _adapt(run: Run, state: ttt.Adaptation | None, labels: np.ndarray, routed_sh
     bn_probs = None
     if state is None:
         state = ttt.start_adaptation(run.module, run.items.sample, labels[run.items.sample_idx],
-                                     len(run.ctx.adapter.labels), cfg.adapt_max_items, run.rng)
+                                     len(run.ctx.adapter.labels), cfg.adapt_max_items, run.rng, run.ctx.device)
         # TENT normalizes with BN-adapt's statistics, so BN-adapt always runs first (reported as its own method
         # only when asked for).
         gate = None if routed_share >= cfg.ttt_min_routed_share else cfg.ttt_min_shift
@@ -79,13 +79,13 @@ def _torch_step(run: Run, state: ttt.Adaptation | None, out: Outcome, round_no: 
     """The torch part of a round: adapt on the sample, then export when there is a new model to re-infer with."""
     with ttt.torch_threads(run.ctx.threads):
         if state is not None and state.x is None:  # restored from a kept step, or freed while the set was re-inferred
-            state.x = torch.from_numpy(np.ascontiguousarray(run.items.sample))
+            state.x = torch.from_numpy(np.ascontiguousarray(run.items.sample)).to(run.ctx.device)
         if state is not None:  # later rounds mix the classes by the current answers (the round before changed some)
             state.source_labels = out.label[run.items.sample_idx]
         share = float(unsure.mean()) if len(unsure) else 0.0
         if state is None and not len(run.items.sample_idx):  # every file of the sample is gone since the scan
             state = ttt.start_adaptation(run.module, run.items.sample, out.label[:0], len(run.ctx.adapter.labels), 0,
-                                         run.rng)
+                                         run.rng, run.ctx.device)
             state.skipped = "TTT skipped: no file of the set decodes any more"
             return Step(state, {}, None, None)
         state, computes, bn_probs = _adapt(run, state, out.label if state is None else state.source_labels, share)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tasks.refine import memo, mixture
+from tasks.refine import memo, mixture, ttt
 from tasks.refine.context import RefineContext
 from tasks.refine.items import Items, capped_batch
 from tasks.refine.plan import Plan, plan_methods
@@ -37,6 +37,9 @@ def refine_arrays(ctx: RefineContext, x: np.ndarray | Items, label: np.ndarray, 
     n = len(label)
     if n and plan is None:
         plan = plan_methods(ctx.cfg, ctx.adapter)
+    if n and plan.ttt_reason is None:  # torch works on the GPU when the stage runs on one (refine.device)
+        ctx = dataclasses.replace(ctx, device=ttt.torch_device(ctx.cfg.device, ctx.providers))
+        plan.module.to(ctx.device)
     batch = capped_batch(ctx.cfg.batch_size, items.item_bytes)
     if batch < ctx.cfg.batch_size:  # large inputs: fewer per forward pass (answers do not depend on it)
         ctx = dataclasses.replace(ctx, cfg=ctx.cfg.model_copy(update={"batch_size": batch}))

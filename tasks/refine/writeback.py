@@ -5,6 +5,7 @@ adapted statistics and affine parameters have no initializer of their own to pat
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,8 @@ def export_adapted(ctx: RefineContext, module, methods: list[str], sample: np.nd
     ``sample`` (a model-ready batch) is what parity is measured on, with a CPU session of ``ctx.threads`` threads.
     """
     adapter = ctx.adapter
+    if any(p.device.type != "cpu" for p in module.parameters()):  # adapted on a GPU: export and check a CPU copy
+        module = copy.deepcopy(module).cpu()
     wrapped = _AdaptedAdapter(adapter, module)
     path = export_onnx(wrapped, folder or ctx.work_dir / "adapted", source_opset(ctx.onnx_path))  # type: ignore[arg-type]
     session = open_session(path, ("CPUExecutionProvider",), ctx.threads)

@@ -40,6 +40,8 @@ def test_dry_run_checks_the_plan_and_the_cpu_side_and_skips_the_gpu(tmp_path):
     assert not [m for m in data["third_party_modules"] if m in ("prefect", "mlflow")]
 
     cpu = {c["name"]: c for c in data["cpu_checks"]}
+    assert cpu["refine_torch_work_on_cpu"]["ok"] is True  # refine's torch work (issue 17): the CPU side of it
+    assert data["refine"]["devices"] == ["cpu"] and data["refine"]["cpu"]["accuracy_after"] is not None
     for model in ("mnist-cnn", "minilm"):
         for check in ("export_parity", "fp16_build", "fallback_detection", "infer_engine", "ort_vs_torch_fp32"):
             assert cpu[f"{model}.{check}"]["ok"] is True, cpu.get(f"{model}.{check}")
