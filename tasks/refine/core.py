@@ -92,17 +92,19 @@ def refine_predictions(ctx: RefineContext, predictions: pd.DataFrame, input_root
 
 
 def _kept_summary(summary: dict, created: str, start: float) -> dict:
-    """The kept run's report section, saying that its answers were returned as they were."""
+    """The kept run's report section, saying that its answers were returned as they were. What it said about the
+    adaptation's files (new ones, the advice to adapt again) still holds for this same set; that it adapted again,
+    or replayed, does not."""
     adaptation = summary.get("adaptation") or {}
     steps = adaptation.get("reused_steps", 0) + adaptation.get("run_steps", 0)
-    summary["adaptation"] = {**adaptation, "kept": True, "new_files": 0, "new_share": 0.0, "readapt_advised": False,
-                             "reused_steps": steps, "run_steps": 0, "answers_kept": created}
-    summary["adaptation"].pop("readapted", None)
+    summary["adaptation"] = {**adaptation, "kept": True, "reused_steps": steps, "run_steps": 0, "answers_kept": created}
+    if summary["adaptation"].pop("readapted", None):  # that run adapted to this very set: no file is new to it
+        summary["adaptation"].update(new_files=0, new_share=0.0)
     note = (f"the answers kept from {created} were returned (same source model, settings, files and infer answers): "
             "no file read, no torch work, no re-inference")
-    summary["notes"] = [note] + [n for n in summary.get("notes", []) if not n.startswith(("the adaptation kept",
-                                                                                        "the answers kept"))
-                                 and "refine.readapt" not in n]
+    stale = ("the adaptation kept", "the answers kept")
+    summary["notes"] = [note] + [n for n in summary.get("notes", [])
+                                 if not n.startswith(stale) and "adapted again to this set" not in n]
     summary["seconds"] = round(time.perf_counter() - start, 3)
     return summary
 

@@ -163,6 +163,10 @@ def test_new_files_are_answered_by_the_kept_adaptation_and_readapting_is_advised
     assert any("refine.reuse_adaptation=false" in n for n in summary["notes"])
     answered = out[out["path"].str.startswith("new/")]
     assert answered["refine_method"].str.contains("bn-adapt").all()  # the kept adapted model answered them
+    _, again = refine(Tripwire(scan.adapter), scan.onnx_path, tmp_path, pd.concat([old, new], ignore_index=True),
+                      scan.root)  # the same grown set again: its kept answers, and the advice still stands
+    assert again["adaptation"]["answers_kept"] and again["adaptation"]["readapt_advised"]
+    assert again["adaptation"]["new_files"] == 80 and any("refine.reuse_adaptation=false" in n for n in again["notes"])
 
 
 def test_a_set_that_is_mostly_new_is_adapted_again_by_itself(scan, big, tmp_path):
@@ -175,6 +179,7 @@ def test_a_set_that_is_mostly_new_is_adapted_again_by_itself(scan, big, tmp_path
     assert any("adapted again to this set" in n for n in summary["notes"]) and not facts["readapt_advised"]
     _, kept = refine(Tripwire(scan.adapter), scan.onnx_path, tmp_path, other, root)
     assert kept["adaptation"]["kept"] and kept["adaptation"]["run_steps"] == 0  # and that set's adaptation is kept
+    assert kept["adaptation"]["new_files"] == 0 and not any("adapted again" in n for n in kept["notes"])
 
 
 def test_other_settings_or_reuse_off_adapt_again(scan, tmp_path):
