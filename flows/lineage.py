@@ -53,11 +53,15 @@ def _hasher():
     return hashlib.blake2b(digest_size=DIGEST_CHARS // 2)
 
 
+def _lines(rows: Iterable[tuple[str, str]]) -> bytes:
+    """What the digest hashes of (path, file hash) pairs, in the order given."""
+    return "".join(f"{path}\0{content_hash}\n" for path, content_hash in rows).encode("utf-8", "surrogateescape")
+
+
 def digest_rows(rows: Iterable[tuple[str, str]]) -> str:
     """The content hash of (path, file hash) pairs, independent of their order."""
     h = _hasher()
-    for path, content_hash in sorted(rows):
-        h.update(f"{path}\0{content_hash}\n".encode("utf-8", "surrogateescape"))
+    h.update(_lines(sorted(rows)))
     return h.hexdigest()
 
 
@@ -72,8 +76,7 @@ def manifest_digest(manifest_path: Path, only: Iterable[str] | None = None, chun
     table = table.sort_by([("path", "ascending"), ("content_hash", "ascending")])  # bytewise: UTF-8 = code points
     h = _hasher()
     for batch in table.to_batches(chunk):
-        h.update("".join(f"{p}\0{c}\n" for p, c in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()))
-                 .encode("utf-8", "surrogateescape"))
+        h.update(_lines(zip(batch.column(0).to_pylist(), batch.column(1).to_pylist())))
     return h.hexdigest(), table.num_rows
 
 

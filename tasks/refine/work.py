@@ -37,14 +37,13 @@ def refine_arrays(ctx: RefineContext, x: np.ndarray | Items, label: np.ndarray, 
     n = len(label)
     if n and plan is None:
         plan = plan_methods(ctx.cfg, ctx.adapter)
-    if n and plan.ttt_reason is None:  # torch works on the GPU when the stage runs on one (refine.device)
-        ctx = dataclasses.replace(ctx, device=ttt.torch_device(ctx.cfg.device, ctx.providers))
-        plan.module.to(ctx.device)
     batch = capped_batch(ctx.cfg.batch_size, items.item_bytes)
     if batch < ctx.cfg.batch_size:  # large inputs: fewer per forward pass (answers do not depend on it)
         ctx = dataclasses.replace(ctx, cfg=ctx.cfg.model_copy(update={"batch_size": batch}))
     ledger, facts = Ledger(n, truth), None
-    if n and plan.ttt_reason is None:
+    if n and plan.ttt_reason is None:  # torch works on the GPU when the stage runs on one (refine.device)
+        ctx = dataclasses.replace(ctx, device=ttt.torch_device(ctx.cfg.device, ctx.providers))
+        plan.module.to(ctx.device)
         shifted, facts = mixture.check(ctx, plan, items, ledger)
         if shifted is not None:
             return mixture.refine_groups(ctx, items, label, confidence, plan, ledger, shifted, facts)
