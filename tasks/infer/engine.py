@@ -29,6 +29,12 @@ TEXT_BUCKET_BATCHES = 32  # texts are sorted by token length within a window of 
 # budgets of 1-1024 tokens and 90/s at 8192 (batch 64 x 128): activations larger than the caches cost more than
 # the per-call overhead saved. GPUs want large batches: there the budget is batch size x 128.
 CPU_MAX_BATCH_TOKENS = 1024
+# On CPU an image batch holds at most this many bytes of model inputs (224x224 RGB float32: 27 images, 28x28 grey:
+# the requested size applies). ONNX Runtime's arena keeps the largest batch's activations for the session's life, and
+# a ResNet-18 at batch 64 of 224x224 holds about 0.2 GB in its first convolution's output alone; conv nets on a CPU
+# run at the same rate per image from a few dozen images on (see the README's refine-at-scale section).
+CPU_MAX_BATCH_BYTES = 16 << 20
+PREFETCH_BYTES = 64 << 20  # decoded image batches waiting in a shard's prefetch queue (at least two batches)
 
 
 def is_allocation_failure(exc: BaseException) -> bool:
@@ -85,9 +91,13 @@ class Engine:
         with self._lock:
             return self._slots.setdefault(max(1, n), threading.BoundedSemaphore(max(1, n)))
 
-    def batch_size(self, requested: int) -> int:
-        """The requested size, or the remembered working size after an allocation failure."""
-        return min(requested, self.max_batch or requested)
+    def batch_size(self, requested: int, item_bytes: int = 0) -> int:
+        """The requested size, or the remembered working size after an allocation failure; on a CPU session, items
+        of ``item_bytes`` (images) are also capped at ``CPU_MAX_BATCH_BYTES`` per batch."""
+        size = min(requested, self.max_batch or requested)
+        if item_bytes and CUDA_EP not in self.session.actual:
+            size = max(1, min(size, CPU_MAX_BATCH_BYTES // item_bytes))
+        return size
 
     def batches(self, idxs: list[int], items: list[Decoded], size: int) -> Iterator[tuple[list[int], dict]]:
         """Collated batches of at most ``size``; texts bucketed by token length to cut padding."""

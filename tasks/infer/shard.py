@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from helios.models import InputError
-from tasks.infer.engine import LOADS, TEXT_BUCKET_BATCHES, Engine, get_engine
+from tasks.infer.engine import LOADS, PREFETCH_BYTES, TEXT_BUCKET_BATCHES, Engine, get_engine
 from tasks.infer.model_ref import ModelRef
 from tasks.infer.outputs import add_vectors
 from tasks.infer.scan import write_parquet_atomic
@@ -160,9 +160,10 @@ def new_hasher_of(data: bytes) -> str:
 def _produce(spec, fs_paths, hashes, engine, settings, rows, q, stop) -> None:
     """Prefetch thread: decode files and put collated batches on the bounded queue."""
     try:
+        text = engine.adapter.modality == "text"
         size = engine.batch_size(settings.batch_size)
-        window = size * (TEXT_BUCKET_BATCHES if engine.adapter.modality == "text" else 1)
-        idxs, items = [], []
+        window = size * (TEXT_BUCKET_BATCHES if text else 1)
+        idxs, items, item_bytes = [], [], 0
         table = RowReader(spec.rows_dir, fs_paths) if spec.rows_dir and any(map(is_row_ref, fs_paths)) else None
         for i, (fs_path, content_hash) in enumerate(zip(fs_paths, hashes)):
             if stop.is_set():
@@ -171,14 +172,25 @@ def _produce(spec, fs_paths, hashes, engine, settings, rows, q, stop) -> None:
             if decoded is not None:
                 idxs.append(i)
                 items.append(decoded)
+                if not text and not item_bytes:  # the first image tells the batch and queue sizes in bytes
+                    item_bytes = sum(v.nbytes for v in engine.adapter.collate([decoded]).values())
+                    window = engine.batch_size(settings.batch_size, item_bytes)
+                    _limit_depth(q, window * item_bytes)
             if len(items) >= window or (i == len(hashes) - 1 and items):
-                for batch in engine.batches(idxs, items, engine.batch_size(settings.batch_size)):
+                for batch in engine.batches(idxs, items, engine.batch_size(settings.batch_size, item_bytes)):
                     if not _put(q, batch, stop):
                         return
                 idxs, items = [], []
         _put(q, _DONE, stop)
     except BaseException as exc:  # handed to the inference loop, which re-raises it in the task
         _put(q, exc, stop)
+
+
+def _limit_depth(q: queue.Queue, batch_bytes: int) -> None:
+    """Lower the prefetch queue's depth so that the batches waiting in it hold at most ``PREFETCH_BYTES`` (two batches
+    at least); set by the producer before its first put."""
+    with q.mutex:
+        q.maxsize = max(2, min(q.maxsize, PREFETCH_BYTES // max(1, batch_bytes)))
 
 
 def _consume(q: queue.Queue, engine: Engine, rows: _Rows, stats: list, slots: threading.Semaphore,
@@ -252,7 +264,8 @@ def infer_shard(spec: ShardSpec, ref: ModelRef, settings: ShardSettings) -> Shar
     sizes, seconds, depths = (tuple(col) for col in zip(*stats)) if stats else ((), (), ())
     return ShardOutcome(
         spec.shard_id, spec.out_path, len(hashes), len(hashes) - n_err, n_err,
-        sum(f is not None for f in rows.flag), time.perf_counter() - start, engine.batch_size(settings.batch_size),
+        sum(f is not None for f in rows.flag), time.perf_counter() - start,
+        max(sizes, default=engine.batch_size(settings.batch_size)),
         sizes, seconds, depths, os.getpid(), loaded,
     )
 

@@ -101,6 +101,39 @@ def test_several_runners_share_a_shard_and_give_the_same_rows(tmp_path, mnist_re
                                first.column("confidence").to_numpy(zero_copy_only=False), rtol=1e-5)
 
 
+def test_image_batches_are_capped_in_bytes_on_cpu(tmp_path, mnist_ref, monkeypatch):
+    import pyarrow.parquet as pq
+
+    import tasks.infer.engine as engine_module
+
+    spec = _digit_shard(tmp_path, mnist_ref)
+    plain = infer_shard(spec, mnist_ref, ShardSettings(batch_size=64))
+    first = pq.read_table(spec.out_path).sort_by("content_hash")
+    monkeypatch.setattr(engine_module, "CPU_MAX_BATCH_BYTES", 10 * 28 * 28 * 4)  # ten float32 digits
+    capped = infer_shard(spec, mnist_ref, ShardSettings(batch_size=64))
+    again = pq.read_table(spec.out_path).sort_by("content_hash")
+    assert plain.batch_sizes == (60,) and plain.batch_size == 60
+    assert max(capped.batch_sizes) == capped.batch_size == 10 and sum(capped.batch_sizes) == 60
+    assert again.column("label").to_pylist() == first.column("label").to_pylist()  # same answers, smaller batches
+    assert get_engine(mnist_ref).batch_size(64) == 64  # no item size given: only the requested size applies
+
+
+def test_the_prefetch_queue_holds_a_byte_budget_of_batches():
+    import queue
+
+    from tasks.infer.engine import PREFETCH_BYTES
+    from tasks.infer.shard import _limit_depth
+
+    q = queue.Queue(maxsize=8)
+    _limit_depth(q, PREFETCH_BYTES // 3)
+    assert q.maxsize == 3
+    _limit_depth(q, PREFETCH_BYTES * 2)  # batches larger than the budget: two still wait, so the engine never idles
+    assert q.maxsize == 2
+    small = queue.Queue(maxsize=8)
+    _limit_depth(small, 1024)  # small batches: the configured depth stays
+    assert small.maxsize == 8
+
+
 class FailingEngine(Engine):
     def run(self, feeds):
         raise ValueError("simulated engine failure")
