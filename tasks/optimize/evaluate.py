@@ -121,21 +121,28 @@ def workload(adapter: ModelAdapter, items: list[Decoded], batch_sizes: tuple[int
 
 def run_batch_sizes(adapter: ModelAdapter, items: list[Decoded], sizes: tuple[int, ...],
                     providers: tuple[str, ...]) -> tuple[tuple[int, ...], str | None]:
-    """The batch sizes worth timing, and why others are not. Text on CPU: the infer stage's batches hold at most
-    ``CPU_MAX_BATCH_TOKENS`` padded tokens (``tasks.infer.engine``), so a batch size above what that budget lets
-    through for this sample's median length is never run there, and timing it could only mislead the ranking."""
-    if adapter.modality != "text" or "CUDAExecutionProvider" in providers or not items:
+    """The batch sizes worth timing, and why others are not. On CPU the infer stage's batches are capped
+    (``tasks.infer.engine``): text batches at ``CPU_MAX_BATCH_TOKENS`` padded tokens, image batches at
+    ``CPU_MAX_BATCH_BYTES`` of inputs; a batch size above what the cap lets through for this sample (its median text
+    length, its image size) is never run there, and timing it could only mislead the ranking and hold memory."""
+    if "CUDAExecutionProvider" in providers or not items:
         return sizes, None
-    from tasks.infer.engine import CPU_MAX_BATCH_TOKENS
+    from tasks.infer.engine import CPU_MAX_BATCH_BYTES, CPU_MAX_BATCH_TOKENS
 
-    tokens = int(np.median([next(iter(adapter.collate([item]).values())).shape[-1] for item in items]))
-    cap = max(1, CPU_MAX_BATCH_TOKENS // max(tokens, 1))
+    if adapter.modality == "text":
+        tokens = int(np.median([next(iter(adapter.collate([item]).values())).shape[-1] for item in items]))
+        cap = max(1, CPU_MAX_BATCH_TOKENS // max(tokens, 1))
+        why = (f"text batches hold at most {CPU_MAX_BATCH_TOKENS} padded tokens, about {cap} of this sample's texts "
+               f"(median {tokens} tokens)")
+    else:
+        item_bytes = sum(v.nbytes for v in adapter.collate([items[0]]).values())
+        cap = max(1, CPU_MAX_BATCH_BYTES // max(item_bytes, 1))
+        why = f"image batches hold at most {CPU_MAX_BATCH_BYTES >> 20} MB of inputs, {cap} of these images"
     kept = tuple(b for b in sizes if b <= cap) or (min(sizes),)
     if kept == sizes:
         return sizes, None
     left = [b for b in sizes if b not in kept]
-    return kept, (f"batch sizes {left} not timed: on CPU the infer stage's text batches hold at most "
-                  f"{CPU_MAX_BATCH_TOKENS} padded tokens, about {cap} of this sample's texts (median {tokens} tokens)")
+    return kept, f"batch sizes {left} not timed: on CPU the infer stage's {why}"
 
 
 def measure(open_fn: Callable[[], object], work: Workload,

@@ -126,3 +126,17 @@ def test_an_unlabelled_embedder_is_judged_on_fewer_files_and_a_labelled_one_on_a
     truth = {p.name: tiny_bert.labels[0] for p in texts}  # with labels, accuracy is measured on the whole sample
     labelled = optimize_model(cfg, tiny_bert, prepared, texts, tmp_path / "b", *avx2, truth=truth, run_items=5000)
     assert labelled.context["sample"]["eval_items"] == 32
+
+
+def test_images_are_timed_only_at_the_batches_infer_runs(mnist, digits, monkeypatch):
+    import tasks.infer.engine as engine
+    from tasks.optimize.evaluate import run_batch_sizes
+
+    adapter = mnist[0]
+    items = [adapter.preprocess(p.read_bytes()) for p in digits[0][:4]]
+    assert run_batch_sizes(adapter, items, (1, 8, 32), ("CPUExecutionProvider",)) == ((1, 8, 32), None)
+    monkeypatch.setattr(engine, "CPU_MAX_BATCH_BYTES", 10 * 28 * 28 * 4)  # the infer stage runs ten digits at most
+    kept, why = run_batch_sizes(adapter, items, (1, 8, 32), ("CPUExecutionProvider",))
+    assert kept == (1, 8) and "[32] not timed" in why and "10 of these images" in why
+    gpu = ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert run_batch_sizes(adapter, items, (1, 8, 32), gpu) == ((1, 8, 32), None)  # GPUs want large batches
