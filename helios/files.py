@@ -68,10 +68,14 @@ def read_labels(labels_csv: str | Path | None) -> tuple[dict[str, str] | None, d
     path = Path(labels_csv)
     if not path.is_file():
         raise UsageError(f"labels file {path} does not exist: pass a CSV with columns path,label to --labels")
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    if rows and not {"path", "label"} <= set(rows[0]):
-        raise UsageError(f"labels file {path} has columns {list(rows[0])}: it needs path and label")
-    truth = {r["path"]: r["label"] for r in rows}
-    groups = {r["path"]: r["corruption"] for r in rows if r.get("corruption")}
+    truth, groups, names = {}, {}, {}
+    with path.open(newline="", encoding="utf-8") as fh:  # row by row: 200,000 rows as dicts would be ~80 MB at once
+        reader = csv.DictReader(fh)
+        if reader.fieldnames is not None and not {"path", "label"} <= set(reader.fieldnames):
+            raise UsageError(f"labels file {path} has columns {list(reader.fieldnames)}: it needs path and label")
+        for r in reader:
+            # the few distinct labels and corruptions are kept once each, not once per row (~100 bytes a file)
+            truth[r["path"]] = names.setdefault(r["label"], r["label"])
+            if r.get("corruption"):
+                groups[r["path"]] = names.setdefault(r["corruption"], r["corruption"])
     return truth, groups or None

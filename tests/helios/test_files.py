@@ -41,6 +41,18 @@ def test_read_labels(tmp_path):
     (tmp_path / "bad.csv").write_text("file,class\na,1\n")
     with pytest.raises(UsageError, match="needs path and label"):
         read_labels(tmp_path / "bad.csv")
+    (tmp_path / "header-only.csv").write_text("file,class\n")  # wrong columns are named even without rows
+    with pytest.raises(UsageError, match="needs path and label"):
+        read_labels(tmp_path / "header-only.csv")
+
+
+def test_read_labels_keeps_each_distinct_label_once(tmp_path):
+    csv = tmp_path / "labels.csv"
+    names = ("tabby cat", "sheep dog")  # longer than one character: CPython shares only those by itself
+    csv.write_text("path,label,corruption\n" + "".join(f"{i}.png,{names[i % 2]},heavy fog\n" for i in range(6)))
+    truth, groups = read_labels(csv)
+    assert len({id(v) for v in truth.values()}) == 2 and len({id(v) for v in groups.values()}) == 1
+    assert truth == {f"{i}.png": names[i % 2] for i in range(6)}
 
 
 def test_catalog_names_run_and_work_files(tmp_path):
