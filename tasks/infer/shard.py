@@ -95,6 +95,7 @@ class _Rows:
     label_idx: np.ndarray = field(init=False)
     confidence: np.ndarray = field(init=False)
     probs: np.ndarray | None = None  # n x classes, filled when probs or topk are asked for
+    batch_cap: int = 0  # images: the batch size in effect once the first image's bytes were known (0: not capped)
     embedding: np.ndarray | None = None  # n x dim, filled when embeddings are asked for
 
     def __post_init__(self):
@@ -174,7 +175,7 @@ def _produce(spec, fs_paths, hashes, engine, settings, rows, q, stop) -> None:
                 items.append(decoded)
                 if not text and not item_bytes:  # the first image tells the batch and queue sizes in bytes
                     item_bytes = sum(v.nbytes for v in engine.adapter.collate([decoded]).values())
-                    window = engine.batch_size(settings.batch_size, item_bytes)
+                    window = rows.batch_cap = engine.batch_size(settings.batch_size, item_bytes)
                     _limit_depth(q, window * item_bytes)
             if len(items) >= window or (i == len(hashes) - 1 and items):
                 for batch in engine.batches(idxs, items, engine.batch_size(settings.batch_size, item_bytes)):
@@ -265,7 +266,7 @@ def infer_shard(spec: ShardSpec, ref: ModelRef, settings: ShardSettings) -> Shar
     return ShardOutcome(
         spec.shard_id, spec.out_path, len(hashes), len(hashes) - n_err, n_err,
         sum(f is not None for f in rows.flag), time.perf_counter() - start,
-        max(sizes, default=engine.batch_size(settings.batch_size)),
+        min(engine.batch_size(settings.batch_size), rows.batch_cap or settings.batch_size),
         sizes, seconds, depths, os.getpid(), loaded,
     )
 
