@@ -95,8 +95,8 @@ class _Rows:
     label_idx: np.ndarray = field(init=False)
     confidence: np.ndarray = field(init=False)
     probs: np.ndarray | None = None  # n x classes, filled when probs or topk are asked for
-    batch_cap: int = 0  # images: the batch size in effect once the first image's bytes were known (0: not capped)
     embedding: np.ndarray | None = None  # n x dim, filled when embeddings are asked for
+    batch_cap: int = 0  # images: the batch size in effect once the first image's bytes were known (0: not capped)
 
     def __post_init__(self):
         self.error, self.flag, self.reusable = [None] * self.n, [None] * self.n, [True] * self.n
