@@ -59,7 +59,7 @@ def share_rows(catalog: RunCatalog, target: RunCatalog) -> None:
 @dataclass(frozen=True)
 class AdaptedInfer:
     """``RefineContext.reinfer`` for a pipeline run: (adapted ONNX file, relative paths) -> path, status, label,
-    confidence of those files (an Arrow table; a frame when answered from the index), from the infer subflow run in ``run_dir`` (always on this machine's pool)."""
+    confidence of those files, from the infer subflow run in ``run_dir`` (always on this machine's pool)."""
 
     cfg: InferConfig
     model: ModelConfig
@@ -70,7 +70,7 @@ class AdaptedInfer:
     providers: tuple[str, ...]
     threads: int
 
-    def __call__(self, onnx_path: Path, paths: Sequence[str]) -> pa.Table | pd.DataFrame:
+    def __call__(self, onnx_path: Path, paths: Sequence[str]) -> pd.DataFrame:
         target = RunCatalog(Path(self.run_dir))
         share_rows(RunCatalog(Path(self.manifest).parent), target)
         subset = write_subset(Path(self.manifest), paths, target.manifest)
@@ -83,7 +83,7 @@ class AdaptedInfer:
             result = run_infer_stage(self.cfg, ref, str(subset), self.run_dir, self.profile, self.batch_size)
         finally:
             release_engines(ref.identity)  # an adapted model answers once: its session need not stay
-        return pq.read_table(result.predictions_path, columns=["path", "status", "label", "confidence"])
+        return pd.read_parquet(result.predictions_path, columns=["path", "status", "label", "confidence"])
 
 
 def cached_answers(manifest: Path, identity: str, run_dir: Path) -> pd.DataFrame | None:

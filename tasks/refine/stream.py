@@ -14,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from helios.samples import decode_files
 from tasks.refine import safety
@@ -98,24 +96,17 @@ def open_files(ctx: RefineContext, root: Path, paths: list[str], labels: np.ndar
 
 
 def _reinfer(ctx: RefineContext, paths: list[str], lost: set[int]):
-    """Items.reinfer through ``ctx.reinfer`` (ONNX file, relative paths -> table or frame of path, status, label,
-    confidence); rows it could not answer are counted as lost. The answers are matched to the paths asked for in
-    Arrow (a path answered twice: its first row), without pandas indexes over the whole set."""
-    labels = pa.array(list(ctx.adapter.labels), pa.string())
+    """Items.reinfer through ``ctx.reinfer`` (ONNX file, relative paths -> frame of path, status, label,
+    confidence); rows it could not answer are counted as lost."""
+    index = {label: i for i, label in enumerate(ctx.adapter.labels)}
 
     def reinfer(onnx_path: Path, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        wanted = pa.array([paths[p] for p in positions], pa.string())
-        got = ctx.reinfer(Path(onnx_path), wanted.to_pylist())
-        got = got if isinstance(got, pa.Table) else pa.Table.from_pandas(got, preserve_index=False)
-        row = pc.index_in(wanted, value_set=got["path"])  # null where the path got no answer
-        label = pc.index_in(pc.take(got["label"], row), value_set=labels)  # null: no answer or an unknown label
-        ok = pc.and_kleene(pc.equal(pc.take(got["status"], row), "ok"), pc.is_valid(label))
-        ok = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
-        lost.update(np.asarray(positions)[~ok].tolist())
-        label = pc.fill_null(label, -1).to_numpy(zero_copy_only=False).astype(np.int64)
-        confidence = pc.take(got["confidence"], row).to_numpy(zero_copy_only=False).astype(np.float64)
-        label[~ok], confidence[~ok] = -1, np.nan
-        return label, confidence
+        wanted = [paths[p] for p in positions]
+        got = ctx.reinfer(Path(onnx_path), wanted).drop_duplicates("path").set_index("path").reindex(wanted)
+        ok = (got["status"] == "ok") & got["label"].isin(list(index))
+        lost.update(np.asarray(positions)[~ok.to_numpy()].tolist())
+        label = got["label"].map(index).where(ok).fillna(-1).to_numpy(dtype=np.int64)
+        return label, got["confidence"].where(ok).to_numpy(dtype=np.float64)
 
     return reinfer
 

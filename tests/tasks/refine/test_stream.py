@@ -222,31 +222,3 @@ def test_files_that_no_longer_decode_keep_their_answers_and_are_counted(scan, tm
     kept = out.set_index("path").loc[broken]
     assert (kept["refine_method"] == "").all() and (kept["label"] == kept["infer_label"]).all()
     assert (out["refine_method"] != "").sum() == len(out) - 3
-
-
-def test_reinfer_answers_are_matched_to_the_paths_asked_and_gaps_are_lost(scan, tmp_path):
-    import pyarrow as pa
-
-    from tasks.refine.stream import _reinfer
-
-    labels = list(scan.adapter.labels)
-    answers = pa.table({"path": ["b", "a", "b", "c", "d"], "status": ["ok", "ok", "error", "error", "ok"],
-                        "label": [labels[2], labels[1], None, None, "not a label"],
-                        "confidence": pa.array([0.9, 0.8, None, None, 0.7], pa.float32())})
-    asked, give = [], [answers]
-
-    def reinfer(onnx_path, paths):  # what flows.refine_infer.AdaptedInfer gives back, for these five rows
-        asked.append(list(paths))
-        return give[0]
-
-    ctx = RefineContext(RefineConfig(), scan.adapter, scan.onnx_path, tmp_path, ("CPUExecutionProvider",), 1, reinfer)
-    lost: set[int] = set()
-    fn = _reinfer(ctx, ["a", "b", "c", "d", "e"], lost)
-    label, confidence = fn(tmp_path / "m.onnx", np.array([0, 1, 2, 3, 4]))
-    assert asked == [["a", "b", "c", "d", "e"]]
-    assert label.tolist() == [1, 2, -1, -1, -1]  # b's first row wins; c failed, d's label is unknown, e unanswered
-    np.testing.assert_allclose(confidence[:2], [0.8, 0.9], rtol=1e-6)
-    assert np.isnan(confidence[2:]).all() and lost == {2, 3, 4}
-    give[0] = answers.to_pandas()  # answered from the index: a pandas frame
-    frame_label, frame_confidence = fn(tmp_path / "m.onnx", np.array([1, 0, 4]))
-    assert frame_label.tolist() == [2, 1, -1] and np.isnan(frame_confidence[2])
