@@ -222,3 +222,28 @@ def test_files_that_no_longer_decode_keep_their_answers_and_are_counted(scan, tm
     kept = out.set_index("path").loc[broken]
     assert (kept["refine_method"] == "").all() and (kept["label"] == kept["infer_label"]).all()
     assert (out["refine_method"] != "").sum() == len(out) - 3
+
+
+def test_reinfer_answers_are_matched_to_the_paths_asked_and_gaps_are_lost(scan, tmp_path):
+    from tasks.refine.stream import _reinfer
+
+    labels = list(scan.adapter.labels)
+    answers = pd.DataFrame({"path": ["b", "a", "b", "c", "d"], "status": ["ok", "ok", "error", "error", "ok"],
+                            "label": [labels[2], labels[1], None, None, "not a label"],
+                            "confidence": np.array([0.9, 0.8, np.nan, np.nan, 0.7], np.float32)})
+    asked = []
+
+    def reinfer(onnx_path, paths):  # what flows.refine_infer.AdaptedInfer gives back, for these five rows
+        asked.append(list(paths))
+        return answers
+
+    ctx = RefineContext(RefineConfig(), scan.adapter, scan.onnx_path, tmp_path, ("CPUExecutionProvider",), 1, reinfer)
+    lost: set[int] = set()
+    fn = _reinfer(ctx, ["a", "b", "c", "d", "e"], lost)
+    label, confidence = fn(tmp_path / "m.onnx", np.array([0, 1, 2, 3, 4]))
+    assert asked == [["a", "b", "c", "d", "e"]]
+    assert label.tolist() == [1, 2, -1, -1, -1]  # b's first row wins; c failed, d's label is unknown, e unanswered
+    np.testing.assert_allclose(confidence[:2], [0.8, 0.9], rtol=1e-6)
+    assert np.isnan(confidence[2:]).all() and lost == {2, 3, 4}
+    again, again_confidence = fn(tmp_path / "m.onnx", np.array([1, 0, 4]))  # positions in any order
+    assert again.tolist() == [2, 1, -1] and np.isnan(again_confidence[2])
