@@ -37,6 +37,16 @@ CPU_MAX_BATCH_BYTES = 16 << 20
 PREFETCH_BYTES = 64 << 20  # decoded image batches waiting in a shard's prefetch queue (at least two batches)
 
 
+def input_bytes(adapter: ModelAdapter, item: Decoded) -> int:
+    """Bytes of one item as the model takes it (collated alone)."""
+    return sum(v.nbytes for v in adapter.collate([item]).values())
+
+
+def image_batch_cap(item_bytes: int) -> int:
+    """How many items of ``item_bytes`` a CPU image batch holds (``CPU_MAX_BATCH_BYTES``)."""
+    return max(1, CPU_MAX_BATCH_BYTES // max(1, item_bytes))
+
+
 def is_allocation_failure(exc: BaseException) -> bool:
     """MemoryError, or an ONNX Runtime error whose message says an allocation failed."""
     if isinstance(exc, MemoryError):
@@ -96,7 +106,7 @@ class Engine:
         of ``item_bytes`` (images) are also capped at ``CPU_MAX_BATCH_BYTES`` per batch."""
         size = min(requested, self.max_batch or requested)
         if item_bytes and CUDA_EP not in self.session.actual:
-            size = max(1, min(size, CPU_MAX_BATCH_BYTES // item_bytes))
+            size = min(size, image_batch_cap(item_bytes))
         return size
 
     def batches(self, idxs: list[int], items: list[Decoded], size: int) -> Iterator[tuple[list[int], dict]]:

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from helios.models import InputError
-from tasks.infer.engine import LOADS, PREFETCH_BYTES, TEXT_BUCKET_BATCHES, Engine, get_engine
+from tasks.infer.engine import LOADS, PREFETCH_BYTES, TEXT_BUCKET_BATCHES, Engine, get_engine, input_bytes
 from tasks.infer.model_ref import ModelRef
 from tasks.infer.outputs import add_vectors
 from tasks.infer.scan import write_parquet_atomic
@@ -96,7 +96,7 @@ class _Rows:
     confidence: np.ndarray = field(init=False)
     probs: np.ndarray | None = None  # n x classes, filled when probs or topk are asked for
     embedding: np.ndarray | None = None  # n x dim, filled when embeddings are asked for
-    batch_cap: int = 0  # images: the batch size in effect once the first image's bytes were known (0: not capped)
+    item_bytes: int = 0  # images: one model input's bytes, from the first image (0: text, or none decoded yet)
 
     def __post_init__(self):
         self.error, self.flag, self.reusable = [None] * self.n, [None] * self.n, [True] * self.n
@@ -164,7 +164,7 @@ def _produce(spec, fs_paths, hashes, engine, settings, rows, q, stop) -> None:
         text = engine.adapter.modality == "text"
         size = engine.batch_size(settings.batch_size)
         window = size * (TEXT_BUCKET_BATCHES if text else 1)
-        idxs, items, item_bytes = [], [], 0
+        idxs, items = [], []
         table = RowReader(spec.rows_dir, fs_paths) if spec.rows_dir and any(map(is_row_ref, fs_paths)) else None
         for i, (fs_path, content_hash) in enumerate(zip(fs_paths, hashes)):
             if stop.is_set():
@@ -173,12 +173,12 @@ def _produce(spec, fs_paths, hashes, engine, settings, rows, q, stop) -> None:
             if decoded is not None:
                 idxs.append(i)
                 items.append(decoded)
-                if not text and not item_bytes:  # the first image tells the batch and queue sizes in bytes
-                    item_bytes = sum(v.nbytes for v in engine.adapter.collate([decoded]).values())
-                    window = rows.batch_cap = engine.batch_size(settings.batch_size, item_bytes)
-                    _limit_depth(q, window * item_bytes)
+                if not text and not rows.item_bytes:  # the first image tells the batch and queue sizes in bytes
+                    rows.item_bytes = input_bytes(engine.adapter, decoded)
+                    window = engine.batch_size(settings.batch_size, rows.item_bytes)
+                    _limit_depth(q, window * rows.item_bytes)
             if len(items) >= window or (i == len(hashes) - 1 and items):
-                for batch in engine.batches(idxs, items, engine.batch_size(settings.batch_size, item_bytes)):
+                for batch in engine.batches(idxs, items, engine.batch_size(settings.batch_size, rows.item_bytes)):
                     if not _put(q, batch, stop):
                         return
                 idxs, items = [], []
@@ -266,7 +266,7 @@ def infer_shard(spec: ShardSpec, ref: ModelRef, settings: ShardSettings) -> Shar
     return ShardOutcome(
         spec.shard_id, spec.out_path, len(hashes), len(hashes) - n_err, n_err,
         sum(f is not None for f in rows.flag), time.perf_counter() - start,
-        min(engine.batch_size(settings.batch_size), rows.batch_cap or settings.batch_size),
+        engine.batch_size(settings.batch_size, rows.item_bytes),
         sizes, seconds, depths, os.getpid(), loaded,
     )
 

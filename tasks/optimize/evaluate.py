@@ -127,7 +127,7 @@ def run_batch_sizes(adapter: ModelAdapter, items: list[Decoded], sizes: tuple[in
     length, its image size) is never run there, and timing it could only mislead the ranking and hold memory."""
     if "CUDAExecutionProvider" in providers or not items:
         return sizes, None
-    from tasks.infer.engine import CPU_MAX_BATCH_BYTES, CPU_MAX_BATCH_TOKENS
+    from tasks.infer.engine import CPU_MAX_BATCH_BYTES, CPU_MAX_BATCH_TOKENS, image_batch_cap, input_bytes
 
     if adapter.modality == "text":
         tokens = int(np.median([next(iter(adapter.collate([item]).values())).shape[-1] for item in items]))
@@ -135,8 +135,7 @@ def run_batch_sizes(adapter: ModelAdapter, items: list[Decoded], sizes: tuple[in
         why = (f"text batches hold at most {CPU_MAX_BATCH_TOKENS} padded tokens, about {cap} of this sample's texts "
                f"(median {tokens} tokens)")
     else:
-        item_bytes = sum(v.nbytes for v in adapter.collate([items[0]]).values())
-        cap = max(1, CPU_MAX_BATCH_BYTES // max(item_bytes, 1))
+        cap = image_batch_cap(input_bytes(adapter, items[0]))
         why = f"image batches hold at most {CPU_MAX_BATCH_BYTES >> 20} MB of inputs, {cap} of these images"
     kept = tuple(b for b in sizes if b <= cap) or (min(sizes),)
     if kept == sizes:
