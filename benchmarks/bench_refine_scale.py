@@ -7,7 +7,8 @@ model (random weights). Not a timed test.
 
 Peak memory is the RSS summed over the run's process tree (the Prefect server included), sampled every 200 ms, for
 the whole run and per phase (windows read from the log: before infer, infer, refine = from the infer subflow's end
-to the refine task's end, review, report, after); /usr/bin/time's maximum RSS of the main process beside it. Load averages before and after each run.
+to the refine task's end, review, report, after); /usr/bin/time's maximum RSS of the main process beside it; the
+whole 200 ms timeline (tree and main process) in `<work>/refine-scale-*/<run>.rss.tsv`. Load averages before and after each run.
 """
 from __future__ import annotations
 
@@ -64,10 +65,12 @@ def helios_run(name: str, out: Path, args: list[str]) -> dict:
     log_path = out / f"{name}.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=out)
-        ps, samples = psutil.Process(proc.pid), []
+        ps, samples, timeline = psutil.Process(proc.pid), [], []
         while proc.poll() is None:
             samples.append((time.time(), tree_rss(ps)))
+            timeline.append(f"{samples[-1][0]:.1f}\t{samples[-1][1] >> 20}\t{main_rss(ps) >> 20}")
             time.sleep(0.2)
+    (out / f"{name}.rss.tsv").write_text("epoch_s\ttree_mb\tmain_mb\n" + "\n".join(timeline) + "\n")
     text = log_path.read_text()
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{text[-4000:]}")
@@ -85,6 +88,17 @@ def helios_run(name: str, out: Path, args: list[str]) -> dict:
            "variant": report["model"].get("variant"), "load_before": before, "load_after": load()}
     print(json.dumps(row), flush=True)
     return row
+
+
+def main_rss(time_proc) -> int:
+    """RSS of the `helios run` Python process itself (the child of /usr/bin/time); 0 before it starts."""
+    import psutil
+
+    try:
+        children = time_proc.children()
+        return children[0].memory_info().rss if children else 0
+    except psutil.Error:
+        return 0
 
 
 def settings(args) -> list[str]:
