@@ -5,7 +5,10 @@ CPU ORT's kernel for it is slower than Add + LayerNormalization, see ``tasks.ses
 transformer optimizer, which matches the graph that eager attention exports to. Recent transformers export
 scaled-dot-product attention as a pattern the optimizer does not recognise (0 Attention fused), so when the torch
 module is at hand the fused variant is exported again with eager attention — same weights, same math — and fused
-from that. Its quality is measured against the fp32 reference like every other variant.
+from that. Unmasked encoders (ViT, DeiT) need one more step: their eager attention scales the scores with a Mul
+after the QK MatMul, and the optimizer matches unmasked attention only when the scale is a Div, so that Mul is
+rewritten as the equal Div first (``divide_attention_scale``). Its quality is measured against the fp32 reference
+like every other variant.
 """
 from __future__ import annotations
 
@@ -66,11 +69,42 @@ def export_eager(adapter: ModelAdapter, path: Path, opset: int) -> bool:
     return True
 
 
+def divide_attention_scale(model, head_size: int) -> int:
+    """Rewrite ``Softmax(MatMul(q, k) * c)`` as ``Softmax(MatMul(q, k) / (1 / c))`` in the ONNX ``model`` (in
+    place) where ``c`` is ``head_size ** -0.5``; return how many were rewritten.
+
+    ORT's Attention fusion matches unmasked attention only as Softmax <- Div <- MatMul (``fusion_attention.py``;
+    with a mask, Softmax <- Add <- Mul <- MatMul is matched too). It never reads that constant: the fused Attention
+    scales by its default ``1 / sqrt(head_size)``, so any other scale is left alone (unfused, and still correct)."""
+    import numpy as np
+    from onnx import numpy_helper
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    graph, count = OnnxModel(model), 0
+    for softmax in graph.get_nodes_by_op_type("Softmax"):
+        mul = graph.get_parent(softmax, 0)
+        if mul is None or mul.op_type != "Mul":
+            continue
+        for i, scores in enumerate(graph.get_parent(mul, j) for j in (0, 1)):
+            scale = graph.get_constant_value(mul.input[1 - i])
+            if (scores is None or scores.op_type != "MatMul" or not isinstance(scale, np.ndarray) or scale.size != 1
+                    or not np.isclose(scale.item(), head_size ** -0.5, rtol=1e-6)):
+                continue
+            divisor = numpy_helper.from_array((1 / scale).astype(scale.dtype), mul.output[0] + "_divisor")
+            graph.add_initializer(divisor)
+            mul.op_type = "Div"
+            mul.input[:] = [scores.output[0], divisor.name]
+            count += 1
+            break
+    return count
+
+
 def fuse_transformer(adapter: ModelAdapter, source: Path, dst: Path, spec: TransformerSpec, opset: int,
                      skip_layer_norm: bool = True) -> dict:
     """Write the fused model to ``dst``; return its recipe (which graph was fused, and what was fused).
 
     ``skip_layer_norm=False`` leaves residual Add + LayerNormalization unfused (faster on CPU)."""
+    import onnx
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -80,17 +114,19 @@ def fuse_transformer(adapter: ModelAdapter, source: Path, dst: Path, spec: Trans
     eager = dst.with_name(dst.stem + ".eager.onnx")
     from_eager = export_eager(adapter, eager, opset)
     graph = eager if from_eager else source
-    model = optimize_model(str(graph), model_type=spec.model_type, num_heads=spec.num_heads,
-                           hidden_size=spec.hidden_size, opt_level=0, optimization_options=options)
-    model.save_model_to_file(str(dst))
+    proto = onnx.load(str(graph))
     if from_eager:
         eager.unlink()
+    divided = divide_attention_scale(proto, spec.hidden_size // spec.num_heads)
+    model = optimize_model(proto, model_type=spec.model_type, num_heads=spec.num_heads,
+                           hidden_size=spec.hidden_size, opt_level=0, optimization_options=options)
+    model.save_model_to_file(str(dst))
     fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
     if not fused.get("Attention") and not fused.get("MultiHeadAttention"):
         log.warning("transformer optimizer fused no attention in %s (%s)", graph.name, fused)
     return {"fusion": {"tool": "onnxruntime.transformers.optimizer", "model_type": spec.model_type,
                        "num_heads": spec.num_heads, "hidden_size": spec.hidden_size, "opt_level": 0,
-                       "skip_layer_norm": skip_layer_norm,
+                       "skip_layer_norm": skip_layer_norm, "attention_scales_as_div": divided,
                        "fused_operators": fused,
                        "graph": "re-exported with eager attention" if from_eager else "the prepared ONNX file"}}
 
