@@ -36,11 +36,12 @@ log = logging.getLogger(__name__)
 ADAPTED = "test-time-adapted"  # the variant name in the adapted models' identity
 
 
-def write_subset(manifest: Path, paths: Sequence[str], out: Path) -> Path:
+def write_subset(manifest: Path, paths: Sequence[str] | pa.Array, out: Path) -> Path:
     """The rows of ``manifest`` whose path is in ``paths`` (schema and input root kept), written atomically to
     ``out``, row group by row group."""
-    wanted = pa.array(list(paths), pa.string())
     source = pq.ParquetFile(manifest)
+    wanted = paths if isinstance(paths, pa.Array) else pa.array(list(paths), pa.string())
+    wanted = wanted.cast(source.schema_arrow.field("path").type)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp, pq.ParquetWriter(tmp, source.schema_arrow) as writer:
         for group in range(source.num_row_groups):
@@ -58,8 +59,8 @@ def share_rows(catalog: RunCatalog, target: RunCatalog) -> None:
 
 @dataclass(frozen=True)
 class AdaptedInfer:
-    """``RefineContext.reinfer`` for a pipeline run: (adapted ONNX file, relative paths) -> path, status, label,
-    confidence of those files, from the infer subflow run in ``run_dir`` (always on this machine's pool)."""
+    """``RefineContext.reinfer`` for a pipeline run: (adapted ONNX file, relative paths as an Arrow string array) ->
+    path, status, label, confidence of those files (an Arrow table, or a frame when the index answered them all), from the infer subflow run in ``run_dir`` (always on this machine's pool)."""
 
     cfg: InferConfig
     model: ModelConfig
@@ -70,7 +71,7 @@ class AdaptedInfer:
     providers: tuple[str, ...]
     threads: int
 
-    def __call__(self, onnx_path: Path, paths: Sequence[str]) -> pd.DataFrame:
+    def __call__(self, onnx_path: Path, paths: pa.Array) -> pa.Table | pd.DataFrame:
         target = RunCatalog(Path(self.run_dir))
         share_rows(RunCatalog(Path(self.manifest).parent), target)
         subset = write_subset(Path(self.manifest), paths, target.manifest)
@@ -83,7 +84,7 @@ class AdaptedInfer:
             result = run_infer_stage(self.cfg, ref, str(subset), self.run_dir, self.profile, self.batch_size)
         finally:
             release_engines(ref.identity)  # an adapted model answers once: its session need not stay
-        return pd.read_parquet(result.predictions_path, columns=["path", "status", "label", "confidence"])
+        return pq.read_table(result.predictions_path, columns=["path", "status", "label", "confidence"])
 
 
 def cached_answers(manifest: Path, identity: str, run_dir: Path) -> pd.DataFrame | None:

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -26,14 +25,28 @@ TABLE, META = "answers.parquet", "answers.json"
 VERSION = 1  # bump when what a kept answer holds changes
 
 
-def answers_key(ctx: RefineContext, rows: pd.DataFrame, label: np.ndarray, truth: np.ndarray | None) -> str:
-    """Hash of everything the answers depend on: the adaptation key, providers, rows in order, true labels."""
+def answers_key(ctx: RefineContext, paths: pa.Array, hashes: pa.Array, label: np.ndarray, confidence: np.ndarray,
+                truth: np.ndarray | None) -> str:
+    """Hash of everything the answers depend on: the adaptation key, providers, the rows in order (paths and
+    content hashes as Arrow large-string arrays, the infer stage's label indices and confidences), true labels."""
     h = hashlib.sha256(json.dumps([VERSION, adaptation_key(ctx), list(ctx.providers)]).encode())
-    h.update(pd.util.hash_pandas_object(rows[["path", "content_hash"]], index=False).to_numpy().tobytes())
+    for column in (paths, hashes):
+        _hash_strings(h, column)
     h.update(np.ascontiguousarray(label, dtype=np.int64).tobytes())
-    h.update(rows["confidence"].to_numpy(dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(confidence, dtype=np.float64).tobytes())
     h.update(b"-" if truth is None else np.ascontiguousarray(truth, dtype=np.int64).tobytes())
     return h.hexdigest()[:32]
+
+
+def _hash_strings(h, values: pa.Array) -> None:
+    """Feed an Arrow large-string array to ``h``: its nulls, each value's length, then the bytes, read from Arrow's
+    buffers (pandas' row hash made a Python str per row: ~40 MB more at 200,000 files)."""
+    if values.null_count:
+        h.update(values.is_null().to_numpy(zero_copy_only=False).tobytes())
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int64)[values.offset:values.offset + len(values) + 1]
+    h.update(np.diff(offsets).tobytes())
+    if len(values):
+        h.update(memoryview(values.buffers()[2])[offsets[0]:offsets[-1]])
 
 
 def _plain(value):

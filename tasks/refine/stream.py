@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from helios.samples import decode_files
 from tasks.refine import safety
@@ -43,16 +44,17 @@ def ahead(fn, chunks: list, workers: int = DECODERS):
             yield pending.popleft().result()
 
 
-def open_files(ctx: RefineContext, root: Path, paths: list[str], labels: np.ndarray,
+def open_files(ctx: RefineContext, root: Path, paths: pa.Array, labels: np.ndarray,
                keys: np.ndarray | None = None) -> Items:
-    """``paths`` (relative to ``root``) as Items; ``labels`` (the infer stage's, as indices) choose the sample."""
+    """``paths`` (relative to ``root``, an Arrow string array: no Python str per file is held) as Items; ``labels``
+    (the infer stage's, as indices) choose the sample."""
     adapter, cfg = ctx.adapter, ctx.cfg
     name = adapter.input_names[0]
     lost: set[int] = set()
 
     def decode(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, set[int]]:
         kept, decoded = [], []
-        for j, item in decode_files(adapter, [root / paths[p] for p in positions], root=root):
+        for j, item in decode_files(adapter, [root / p for p in paths.take(positions).to_pylist()], root=root):
             kept.append(int(positions[j]))
             decoded.append(item)
         gone = set(positions.tolist()) - set(kept)
@@ -95,24 +97,33 @@ def open_files(ctx: RefineContext, root: Path, paths: list[str], labels: np.ndar
     return items
 
 
-def _reinfer(ctx: RefineContext, paths: list[str], lost: set[int]):
-    """Items.reinfer through ``ctx.reinfer`` (ONNX file, relative paths -> frame of path, status, label,
-    confidence); rows it could not answer are counted as lost."""
-    index = {label: i for i, label in enumerate(ctx.adapter.labels)}
+def _reinfer(ctx: RefineContext, paths: pa.Array, lost: set[int]):
+    """Items.reinfer through ``ctx.reinfer`` (ONNX file, relative paths as an Arrow string array -> table or frame
+    of path, status, label, confidence); rows it could not answer are counted as lost. The answers are matched to
+    the paths asked for in Arrow (a path answered twice: its first row), without a Python str per file."""
+    labels = pa.array(list(ctx.adapter.labels), pa.large_string())
 
     def reinfer(onnx_path: Path, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        wanted = [paths[p] for p in positions]
-        got = ctx.reinfer(Path(onnx_path), wanted).drop_duplicates("path").set_index("path").reindex(wanted)
-        ok = (got["status"] == "ok") & got["label"].isin(list(index))
-        lost.update(np.asarray(positions)[~ok.to_numpy()].tolist())
-        label = got["label"].map(index).where(ok).fillna(-1).to_numpy(dtype=np.int64)
-        return label, got["confidence"].where(ok).to_numpy(dtype=np.float64)
+        wanted = paths.take(np.asarray(positions, dtype=np.int64))
+        got = ctx.reinfer(Path(onnx_path), wanted)
+        got = got if isinstance(got, pa.Table) else pa.Table.from_pandas(got, preserve_index=False)
+        text = pa.large_string()
+        row = pc.index_in(wanted.cast(text), value_set=got["path"].cast(text))  # null: the path got no answer
+        label = pc.index_in(pc.take(got["label"].cast(text), row), value_set=labels)  # null: none, or unknown
+        ok = pc.and_kleene(pc.equal(pc.take(got["status"].cast(text), row), "ok"), pc.is_valid(label))
+        ok = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+        lost.update(np.asarray(positions)[~ok].tolist())
+        label = pc.fill_null(label, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+        confidence = pc.take(got["confidence"], row).to_numpy(zero_copy_only=False).astype(np.float64)
+        label[~ok], confidence[~ok] = -1, np.nan
+        return label, confidence
 
     return reinfer
 
 
-def content_keys(rows: pd.DataFrame) -> np.ndarray | None:
-    """The rows' content hashes (what reruns key kept answers by), or None when the frame has none."""
-    if "content_hash" not in rows or rows["content_hash"].isna().any():
+def content_keys(hashes: pa.Array | None) -> np.ndarray | None:
+    """The rows' content hashes (what reruns key kept answers by) as an object array, or None when the frame has
+    none or misses one."""
+    if hashes is None or hashes.null_count:
         return None
-    return rows["content_hash"].astype(str).to_numpy(dtype=object)
+    return hashes.to_numpy(zero_copy_only=False)

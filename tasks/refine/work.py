@@ -12,7 +12,7 @@ import dataclasses
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 
 from tasks.refine import memo, mixture, ttt
 from tasks.refine.context import RefineContext
@@ -53,19 +53,19 @@ def refine_arrays(ctx: RefineContext, x: np.ndarray | Items, label: np.ndarray, 
     return out
 
 
-def refine_rows(ctx: RefineContext, rows: pd.DataFrame, label: np.ndarray, input_root: Path,
+def refine_rows(ctx: RefineContext, paths: pa.Array, label: np.ndarray, confidence: np.ndarray, input_root: Path,
                 keys: np.ndarray | None, truth: np.ndarray | None) -> Outcome | list[str]:
-    """Refine ``rows`` (path, label, confidence in the stage's order; ``label`` as indices; ``keys`` their content
-    hashes, None when the frame has none): the outcome, with the adaptation facts and notes in its summary; or the
+    """Refine the rows at ``paths`` (an Arrow string array, in the stage's order) with the infer stage's ``label``
+    (indices) and ``confidence``; ``keys`` are their content hashes, None when the frame has none: the outcome, with the adaptation facts and notes in its summary; or the
     plan's notes when it refines nothing (a model without BatchNorm and TTA off, say)."""
     plan = plan_methods(ctx.cfg, ctx.adapter)
     if plan.policy is None and plan.ttt_reason is not None:
         return list(plan.notes)
-    items = open_files(ctx, Path(input_root), rows["path"].tolist(), label, keys)
+    items = open_files(ctx, Path(input_root), paths, label, keys)
     notes, adaptation = [], None
     if keys is not None:
         items.memo, adaptation = memo.open_memo(ctx, keys)
-    outcome = refine_arrays(ctx, items, label, rows["confidence"].to_numpy(dtype=np.float64), truth, plan)
+    outcome = refine_arrays(ctx, items, label, confidence, truth, plan)
     if items.lost:
         notes.append(f"{len(items.lost)} file(s) no longer decode and were left as inferred")
         outcome.summary["lost"] = len(items.lost)

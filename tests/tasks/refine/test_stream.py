@@ -6,6 +6,7 @@ import tracemalloc
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from helios.data.corruptions import apply_corruption
@@ -234,12 +235,12 @@ def test_reinfer_answers_are_matched_to_the_paths_asked_and_gaps_are_lost(scan, 
     asked = []
 
     def reinfer(onnx_path, paths):  # what flows.refine_infer.AdaptedInfer gives back, for these five rows
-        asked.append(list(paths))
+        asked.append(paths.to_pylist())
         return answers
 
     ctx = RefineContext(RefineConfig(), scan.adapter, scan.onnx_path, tmp_path, ("CPUExecutionProvider",), 1, reinfer)
     lost: set[int] = set()
-    fn = _reinfer(ctx, ["a", "b", "c", "d", "e"], lost)
+    fn = _reinfer(ctx, pa.array(["a", "b", "c", "d", "e"]), lost)
     label, confidence = fn(tmp_path / "m.onnx", np.array([0, 1, 2, 3, 4]))
     assert asked == [["a", "b", "c", "d", "e"]]
     assert label.tolist() == [1, 2, -1, -1, -1]  # b's first row wins; c failed, d's label is unknown, e unanswered
