@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from tasks.refine import tta
-from tasks.refine.items import capped_batch
+from tasks.refine.items import Keys, capped_batch
 from tasks.refine.memo import write_table
 from tasks.refine.state import Run
 
@@ -32,13 +32,13 @@ class TtaCache:
         self.known = table.drop_duplicates("key", keep="last").set_index("key")
         self.parts, self.pending = len(parts), []
 
-    def lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def lookup(self, keys: Keys) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(found mask, labels, confidences) for ``keys``."""
-        got = self.known.reindex(keys)
+        got = self.known.reindex(np.asarray(keys))
         found = got["label"].notna().to_numpy()
         return found, got["label"].fillna(-1).to_numpy(np.int64), got["confidence"].to_numpy(np.float64)
 
-    def add(self, keys: np.ndarray, labels: np.ndarray, conf: np.ndarray) -> None:
+    def add(self, keys: Keys, labels: np.ndarray, conf: np.ndarray) -> None:
         """Keep a chunk's answers; they are written as a part once ``PART_ITEMS`` have gathered (and by ``flush``)."""
         self.pending.append((np.asarray(keys).astype(str), labels.astype(np.int64), conf.astype(np.float64)))
         if sum(len(k) for k, _, _ in self.pending) >= PART_ITEMS:

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from helios.files import atomic_path
-from helios.frames import is_in
 from tasks.refine.context import RefineContext
+from tasks.refine.items import Keys
 from tasks.refine.state import Compute, Run, Step
 
 if TYPE_CHECKING:  # torch is imported only where a step is saved or loaded: a rerun whose answers are kept needs none
@@ -98,7 +99,7 @@ class Memo:
         with atomic_path(folder / "arrays.npz") as tmp, open(tmp, "wb") as fh:
             np.savez(fh, source_labels=state.source_labels, fit=state.fit,
                      probs=state.probs if state.probs is not None else np.zeros((0, 0)),
-                     bn_keys=run.items.keys[bn_pos].astype(str), bn_labels=bn_labels)
+                     bn_keys=np.asarray(run.items.keys[bn_pos]).astype(str), bn_labels=bn_labels)
         write_json({"computes": {m: [c.forward, c.backward] for m, c in step.computes.items()}, "kept": state.kept,
                     "reverted": state.reverted, "shift": state.shift, "skipped": state.skipped,
                     "bn": step.bn is not None, "onnx_sha": None if step.path is None else self.sha(step.path),
@@ -127,7 +128,7 @@ class Memo:
         bn = None
         if meta["bn"]:
             known = pd.Series(arrays["bn_labels"], index=arrays["bn_keys"])
-            known = known[~known.index.duplicated()].reindex(run.items.keys)
+            known = known[~known.index.duplicated()].reindex(np.asarray(run.items.keys))
             bn = (np.flatnonzero(known.notna()), known.dropna().to_numpy(dtype=np.int64))
         self.reused_steps += 1
         computes = {m: Compute(f, b, 0.0) for m, (f, b) in meta["computes"].items()}
@@ -144,15 +145,15 @@ def clear(root: Path) -> None:
             target.unlink()
 
 
-def open_memo(ctx: RefineContext, keys: np.ndarray) -> tuple[Memo, dict]:
+def open_memo(ctx: RefineContext, keys: Keys) -> tuple[Memo, dict]:
     """This model and settings' memo, and the facts for the report: whether an adaptation is kept, how many files
     it did not see, whether adapting again is advised, or was done because most files are new (``readapted``)."""
     key, root, cfg = adaptation_key(ctx), ctx.work_dir, ctx.cfg
     meta = read_json(root / KEY_FILE)
     facts = {"key": key, "kept": False, "new_files": 0, "new_share": 0.0, "readapt_advised": False}
     if meta is not None and meta.get("key") == key and cfg.reuse_adaptation and (root / SET_FILE).is_file():
-        seen = pq.read_table(root / SET_FILE)["key"].to_numpy(zero_copy_only=False)
-        new = int((~is_in(keys, seen)).sum())
+        seen = pq.read_table(root / SET_FILE)["key"].combine_chunks().cast(keys.values.type)
+        new = int((~pc.is_in(keys.values, value_set=seen).to_numpy(zero_copy_only=False)).sum())
         share = new / max(len(keys), 1)
         facts.update(new_files=new, new_share=round(share, 4))
         if share <= cfg.readapt_auto_share:
@@ -160,7 +161,7 @@ def open_memo(ctx: RefineContext, keys: np.ndarray) -> tuple[Memo, dict]:
             return Memo(root, key), facts
         facts["readapted"] = True
     clear(root)
-    write_table({"key": pd.unique(np.asarray(keys, dtype=object))}, root / SET_FILE)  # str objects: not 128 B each
+    write_table({"key": pc.unique(keys.values).cast(pa.string())}, root / SET_FILE)
     write_json({"key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": int(len(keys))}, root / KEY_FILE)
     return Memo(root, key), facts
 

@@ -84,7 +84,7 @@ def _load_split(items: Items):
     if meta["splitter"] is None:
         return None, meta["facts"], None, meta["passes"], np.zeros(0, np.int64)
     known = pd.read_parquet(memo.root / "groups.parquet").drop_duplicates("key").set_index("key")["shifted"]
-    got = known.reindex(items.keys)
+    got = known.reindex(np.asarray(items.keys))
     shifted = got.fillna(False).to_numpy(dtype=bool)
     return shifted, meta["facts"], domains.Splitter.from_dict(meta["splitter"]), meta["passes"], \
         np.flatnonzero(got.isna().to_numpy())

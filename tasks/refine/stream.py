@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from helios.samples import decode_files
 from tasks.refine import safety
 from tasks.refine.context import RefineContext
-from tasks.refine.items import Items, capped_batch
+from tasks.refine.items import Items, Keys, capped_batch
 
 CHUNK = 256  # files decoded per step while the sample is chosen
 # Chunks decoded at once by background threads, ahead of the one being used. One: decoding is mostly Python work
@@ -45,7 +45,7 @@ def ahead(fn, chunks: list, workers: int = DECODERS):
 
 
 def open_files(ctx: RefineContext, root: Path, paths: pa.Array, labels: np.ndarray,
-               keys: np.ndarray | None = None) -> Items:
+               keys: Keys | None = None) -> Items:
     """``paths`` (relative to ``root``, an Arrow string array: no Python str per file is held) as Items; ``labels``
     (the infer stage's, as indices) choose the sample."""
     adapter, cfg = ctx.adapter, ctx.cfg
@@ -121,9 +121,8 @@ def _reinfer(ctx: RefineContext, paths: pa.Array, lost: set[int]):
     return reinfer
 
 
-def content_keys(hashes: pa.Array | None) -> np.ndarray | None:
-    """The rows' content hashes (what reruns key kept answers by) as an object array, or None when the frame has
-    none or misses one."""
+def content_keys(hashes: pa.Array | None) -> Keys | None:
+    """The rows' content hashes (what reruns key kept answers by), or None when the frame has none or misses one."""
     if hashes is None or hashes.null_count:
         return None
-    return hashes.to_numpy(zero_copy_only=False)
+    return Keys(hashes)

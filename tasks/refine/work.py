@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from tasks.refine import memo, mixture, ttt
 from tasks.refine.context import RefineContext
-from tasks.refine.items import Items, capped_batch
+from tasks.refine.items import Items, Keys, capped_batch
 from tasks.refine.plan import Plan, plan_methods
 from tasks.refine.rounds import refine_set
 from tasks.refine.state import Ledger, Outcome
@@ -54,7 +54,7 @@ def refine_arrays(ctx: RefineContext, x: np.ndarray | Items, label: np.ndarray, 
 
 
 def refine_rows(ctx: RefineContext, paths: pa.Array, label: np.ndarray, confidence: np.ndarray, input_root: Path,
-                keys: np.ndarray | None, truth: np.ndarray | None) -> Outcome | list[str]:
+                keys: Keys | None, truth: np.ndarray | None) -> Outcome | list[str]:
     """Refine the rows at ``paths`` (an Arrow string array, in the stage's order) with the infer stage's ``label``
     (indices) and ``confidence``; ``keys`` are their content hashes, None when the frame has none: the outcome, with the adaptation facts and notes in its summary; or the
     plan's notes when it refines nothing (a model without BatchNorm and TTA off, say)."""
