@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,8 +116,8 @@ class OpenRun:
     catalog: RunCatalog
     input_root: str
     labels_csv: str | None
-    truth: dict[str, str] | None
-    groups: dict[str, str] | None
+    truth: Mapping[str, str] | None  # helios.labels.PathLabels: held in Arrow, not a dict entry per file
+    groups: Mapping[str, str] | None
     adapter: ModelAdapter
     clock: Stopwatch
     model: ModelConfig  # config.model, or the ModelConfig of the registered version --model models:/... names

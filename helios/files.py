@@ -60,22 +60,42 @@ def write_frame(frame, path: Path) -> Path:
     return Path(path)
 
 
-def read_labels(labels_csv: str | Path | None) -> tuple[dict[str, str] | None, dict[str, str] | None]:
-    """(path -> label, path -> corruption) from a labels CSV with columns path,label[,corruption]; (None, None)
-    without a file."""
+def read_labels(labels_csv: str | Path | None):
+    """(path -> label, path -> corruption) from a labels CSV with columns path,label[,corruption], as read-only
+    mappings held in Arrow (``helios.labels``); (None, None) without a file. A path listed twice: its last row."""
     if labels_csv is None:
         return None, None
     path = Path(labels_csv)
     if not path.is_file():
         raise UsageError(f"labels file {path} does not exist: pass a CSV with columns path,label to --labels")
-    truth, groups, names = {}, {}, {}
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from helios.labels import PathLabels
+
+    chunks, hashes, labels, groups, names, groups_seen = [], [], [], [], {}, {}
     with path.open(newline="", encoding="utf-8") as fh:  # row by row: 200,000 rows as dicts would be ~80 MB at once
         reader = csv.DictReader(fh)
         if reader.fieldnames is not None and not {"path", "label"} <= set(reader.fieldnames):
             raise UsageError(f"labels file {path} has columns {list(reader.fieldnames)}: it needs path and label")
+        part = []
         for r in reader:
-            # the few distinct labels and corruptions are kept once each, not once per row (~100 bytes a file)
-            truth[r["path"]] = names.setdefault(r["label"], r["label"])
-            if r.get("corruption"):
-                groups[r["path"]] = names.setdefault(r["corruption"], r["corruption"])
-    return truth, groups or None
+            part.append(r["path"])
+            hashes.append(hash(r["path"]))
+            labels.append(names.setdefault(r["label"], len(names)))
+            group = r.get("corruption")
+            groups.append(groups_seen.setdefault(group, len(groups_seen)) if group else -1)
+            if len(part) == 65536:
+                chunks.append(pa.array(part, pa.large_string()))
+                part = []
+        chunks.append(pa.array(part, pa.large_string()))
+    paths = pa.concat_arrays(chunks)
+    codes, group_codes = np.array(labels, dtype=np.int32), np.array(groups, dtype=np.int32)
+    hashes = np.array(hashes, dtype=np.int64)
+    if pc.count_distinct(paths).as_py() < len(paths):  # a path twice: its last row counts, as in a dict
+        last = ~pd.Series(paths.to_numpy(zero_copy_only=False)).duplicated(keep="last").to_numpy()
+        paths, codes, group_codes, hashes = paths.filter(pa.array(last)), codes[last], group_codes[last], hashes[last]
+    truth = PathLabels(paths, codes, list(names), hashes)
+    return truth, (truth.with_codes(group_codes, list(groups_seen)) if (group_codes >= 0).any() else None)

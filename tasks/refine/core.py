@@ -7,6 +7,8 @@ never adaptation.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from helios.labels import labels_of
 from tasks.refine import answers
 from tasks.refine.context import RefineContext
 from tasks.refine.state import Outcome
@@ -47,7 +50,7 @@ def _unsupported(ctx: RefineContext, rows: int) -> str | None:
 
 
 def refine_predictions(ctx: RefineContext, predictions: pd.DataFrame, input_root: Path,
-                       truth: dict[str, str] | None = None) -> tuple[pd.DataFrame, dict]:
+                       truth: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, dict]:
     """Refine the ok rows below ``ctx.cfg.threshold``; return the frame with the refine columns and the report section.
 
     Added columns: ``ttt_label``/``ttt_confidence`` (adapted model's answer, where it re-inferred), ``tta_label``/
@@ -86,7 +89,7 @@ def refine_predictions(ctx: RefineContext, predictions: pd.DataFrame, input_root
     truth_idx = None
     if truth:
         index = {name: i for i, name in enumerate(adapter.labels)}
-        truth_idx = np.fromiter((index.get(truth.get(p), -1) for p in paths.to_pylist()), np.int64, len(paths))
+        truth_idx = np.fromiter((index.get(v, -1) for v in labels_of(truth, paths)), np.int64, len(paths))
     kept_key = (answers.answers_key(ctx, paths, hashes, label, confidence, truth_idx)
                 if keys is not None and cfg.reuse_adaptation else None)
     kept = answers.load(ctx.work_dir, kept_key) if kept_key else None

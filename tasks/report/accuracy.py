@@ -6,15 +6,19 @@ report's own.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pandas as pd
+
+from helios.labels import labels_of
 
 STAGES = (("infer", "infer_label"), ("refine", "_after_refine"), ("review", "label"))
 
 
-def _correct(predictions: pd.DataFrame, truth: dict[str, str]) -> tuple[pd.Series, dict[str, pd.Series]]:
+def _correct(predictions: pd.DataFrame, truth: Mapping[str, str]) -> tuple[pd.Series, dict[str, pd.Series]]:
     """(rows with a true label, per stage: rows whose label as that stage left it is right). Error rows are wrong;
     after refine: ``refined_label`` where refinement set one, else ``infer_label``."""
-    expected = predictions["path"].map(truth)
+    expected = pd.Series(labels_of(truth, predictions["path"]), index=predictions.index, dtype=object)
     known = expected.notna()
     ok = predictions["status"] == "ok"
     columns = {}
@@ -36,7 +40,7 @@ def _shares(known: pd.Series, correct: dict[str, pd.Series], rows: pd.Series | N
     return {stage: float(right[mask].mean()) for stage, right in correct.items()}
 
 
-def stage_accuracy(predictions: pd.DataFrame, truth: dict[str, str] | None) -> dict[str, float]:
+def stage_accuracy(predictions: pd.DataFrame, truth: Mapping[str, str] | None) -> dict[str, float]:
     """Accuracy of the labels as each stage left them: infer_label, then refined_label where refinement set one,
     then label."""
     if truth is None:
@@ -44,13 +48,13 @@ def stage_accuracy(predictions: pd.DataFrame, truth: dict[str, str] | None) -> d
     return _shares(*_correct(predictions, truth))
 
 
-def group_accuracy(predictions: pd.DataFrame, truth: dict[str, str] | None,
-                   groups: dict[str, str] | None) -> dict[str, dict[str, float]] | None:
+def group_accuracy(predictions: pd.DataFrame, truth: Mapping[str, str] | None,
+                   groups: Mapping[str, str] | None) -> dict[str, dict[str, float]] | None:
     """Accuracy after each stage per demo group (clean or the corruption's name), when labels carry groups."""
     if not groups or truth is None:
         return None
     known, correct = _correct(predictions, truth)
-    group_of = predictions["path"].map(groups)
+    group_of = pd.Series(labels_of(groups, predictions["path"]), index=predictions.index, dtype=object)
     return {name: _shares(known, correct, group_of == name) for name in sorted(group_of.dropna().unique())}
 
 
