@@ -60,10 +60,15 @@ def model_kind(config: dict, model_dir: Path) -> str:
     raise UsageError(f"{model_dir}/config.json declares architectures {archs}: Helios runs {SUPPORTED}")
 
 
+DEFAULT_NUM_LABELS = 2  # transformers' PretrainedConfig default
+
+
 def class_labels(config: dict, override, model_dir: Path) -> tuple[str, ...]:
     """The head's labels in index order from ``id2label``, or ``model.labels`` when given (same width)."""
     id2label = config.get("id2label") or {}
-    width = len(id2label) or int(config.get("num_labels") or 0)
+    # transformers writes neither for its default head (two labels, LABEL_0 and LABEL_1): a binary classifier
+    # fine-tuned without naming its labels is saved that way, and transformers itself reads it back as two
+    width = len(id2label) or int(config.get("num_labels", DEFAULT_NUM_LABELS) or 0)
     if width == 0:
         raise UsageError(f"{model_dir}/config.json has no id2label or num_labels: save the fine-tuned model's config")
     if override:

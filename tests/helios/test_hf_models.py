@@ -199,3 +199,16 @@ def test_text_classifier_without_tokenizer_names_the_fix(dirs, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UsageError, match="no id2label or num_labels"):
         load_model(ModelConfig(name=str(d)))
+
+
+def test_a_default_binary_head_saved_without_id2label_gets_transformers_labels():
+    """transformers 5 writes neither id2label nor num_labels for its default two-label head, and reads such a
+    config back as LABEL_0 and LABEL_1: Helios does the same (it refused the model before)."""
+    from transformers import BertConfig
+
+    from helios.models.hf import class_labels
+
+    config = BertConfig(num_hidden_layers=1).to_diff_dict()
+    assert "id2label" not in config and "num_labels" not in config
+    assert class_labels(config, None, Path("m")) == ("LABEL_0", "LABEL_1")
+    assert class_labels(config, ["negative", "positive"], Path("m")) == ("negative", "positive")
