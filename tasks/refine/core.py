@@ -35,7 +35,10 @@ def _empty_columns(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _strings(column: pd.Series) -> pa.Array:
-    """A string column as one Arrow large-string array (pandas' own Arrow data: no Python str per row)."""
+    """A string column as one Arrow large-string array (pandas' own Arrow data: no Python str per row); a column
+    of another type (labels that are all missing, read back as floats) as its strs."""
+    if not (pd.api.types.is_string_dtype(column) or column.dtype == object):
+        column = column.astype(str)
     values = pa.array(column, pa.large_string(), from_pandas=True)
     return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 

@@ -101,3 +101,11 @@ def test_an_unshifted_confident_set_is_left_alone(scan, tmp_path):
     assert any("does not look shifted" in n for n in summary["notes"])
     frame, summary = refine(scan, tmp_path, threshold=0.0, methods=("tta",))
     assert summary["routed"] == 0 and summary["methods"] == {} and (frame["final_stage"] == "infer").all()
+
+
+def test_a_set_where_every_file_failed_is_skipped_before_reading_files(scan, tmp_path):
+    """All rows in error: the label column comes back from Parquet as missing floats, and nothing is refined."""
+    failed = scan.frame.assign(status="error", label=np.nan, confidence=np.nan)
+    frame, summary = refine(scan, tmp_path, frame=failed)
+    assert summary["status"] == "skipped: no successfully inferred rows to refine"
+    assert frame["refined_label"].isna().all() and (frame["label"].isna()).all()
