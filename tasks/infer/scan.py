@@ -69,8 +69,10 @@ def _malloc_thresholds(mmap_bytes: int, trim_bytes: int) -> None:
 
 
 @contextmanager
-def system_memory_pool() -> Iterator[None]:
+def system_memory_pool(tune_malloc: bool = True) -> Iterator[None]:
     """Allocate Arrow buffers with the system allocator for the duration; the pool the process had is restored.
+    ``tune_malloc=False`` leaves glibc's thresholds alone (the pipeline's whole run: torch in refine is slower with
+    every large block mmapped).
 
     The default mimalloc pool keeps freed pages per thread, so a stage that builds and frees large tables in
     phases (plan, merge) peaked higher the more files it had, although the live Arrow data is a few columns per
@@ -81,14 +83,16 @@ def system_memory_pool() -> Iterator[None]:
     pa.set_memory_pool(pa.system_memory_pool())
     # Blocks of 128 KiB and more are mmapped, so each goes back to the OS when freed: glibc's dynamic threshold
     # otherwise rises after the first large free and the merge's per-chunk buffers then pile up in the heap.
-    _malloc_thresholds(128 * 1024, 256 * 1024)
+    if tune_malloc:
+        _malloc_thresholds(128 * 1024, 256 * 1024)
     try:
         yield
     finally:
         pa.set_memory_pool(previous)
         # Afterwards, the values glibc's dynamic threshold reaches anyway: with mmap for every large block, torch
         # (the refine stage) ran twice as slow.
-        _malloc_thresholds(32 * 1024 * 1024, 64 * 1024 * 1024)
+        if tune_malloc:
+            _malloc_thresholds(32 * 1024 * 1024, 64 * 1024 * 1024)
 
 
 def write_parquet_atomic(table: pa.Table, path: Path) -> Path:
