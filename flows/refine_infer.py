@@ -60,7 +60,8 @@ def share_rows(catalog: RunCatalog, target: RunCatalog) -> None:
 @dataclass(frozen=True)
 class AdaptedInfer:
     """``RefineContext.reinfer`` for a pipeline run: (adapted ONNX file, relative paths as an Arrow string array) ->
-    path, status, label, confidence of those files (an Arrow table, or a frame when the index answered them all), from the infer subflow run in ``run_dir`` (always on this machine's pool)."""
+    path, status, label, confidence of those files (an Arrow table, or a frame when the index answered them all),
+    from the infer subflow run in ``run_dir`` (always on this machine's pool)."""
 
     cfg: InferConfig
     model: ModelConfig

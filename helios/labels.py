@@ -8,12 +8,15 @@ file); ``lookup`` answers many paths at once in Arrow. It is a read-only ``Mappi
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+
+from helios.frames import arrow_strings
 
 
 class PathLabels(Mapping):
@@ -30,9 +33,8 @@ class PathLabels(Mapping):
 
     def with_codes(self, codes: np.ndarray, names: list[str]) -> "PathLabels":
         """Other labels (the groups) for the same paths, sharing the paths and their index."""
-        other = object.__new__(PathLabels)
-        other.paths, other.codes, other.names = self.paths, codes, np.array(names, dtype=object)
-        other._order, other._hashes = self._order, self._hashes
+        other = copy.copy(self)
+        other.codes, other.names = codes, np.array(names, dtype=object)
         return other
 
     def _position(self, path: str) -> int | None:
@@ -57,9 +59,7 @@ class PathLabels(Mapping):
 
     def lookup(self, paths: pd.Series | pa.Array) -> np.ndarray:
         """The label of each of ``paths`` as an object array (None where a path has none), matched in Arrow."""
-        wanted = pa.array(paths, pa.large_string(), from_pandas=True)
-        if isinstance(wanted, pa.ChunkedArray):
-            wanted = wanted.combine_chunks()
+        wanted = arrow_strings(paths)
         row = pc.index_in(wanted, value_set=self.paths).to_numpy(zero_copy_only=False)  # NaN: not in the file
         found = ~np.isnan(row)
         codes = np.full(len(wanted), -1, dtype=np.int64)

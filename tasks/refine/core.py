@@ -7,9 +7,8 @@ never adaptation.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from helios.frames import arrow_strings
 from helios.labels import labels_of
 from tasks.refine import answers
 from tasks.refine.context import RefineContext
@@ -32,15 +32,6 @@ def _empty_columns(frame: pd.DataFrame) -> pd.DataFrame:
         frame[column] = pd.Series([None] * len(frame), dtype="object" if column.endswith(("label", "method")) else "float64",
                                   index=frame.index)
     return frame
-
-
-def _strings(column: pd.Series) -> pa.Array:
-    """A string column as one Arrow large-string array (pandas' own Arrow data: no Python str per row); a column
-    of another type (labels that are all missing, read back as floats) as its strs."""
-    if not (pd.api.types.is_string_dtype(column) or column.dtype == object):
-        column = column.astype(str)
-    values = pa.array(column, pa.large_string(), from_pandas=True)
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
 
 
 def _unsupported(ctx: RefineContext, rows: int) -> str | None:
@@ -68,12 +59,12 @@ def refine_predictions(ctx: RefineContext, predictions: pd.DataFrame, input_root
         return frame, {"status": "disabled"}
     names = np.array(adapter.labels, dtype=object)
     # in Arrow, not as one Python str per row: at 200,000 files those strs alone were ~40 MB of the stage's peak
-    label_all = pc.index_in(_strings(frame["label"]),
+    label_all = pc.index_in(arrow_strings(frame["label"]),
                             value_set=pa.array(list(adapter.labels), pa.large_string()))
     usable = np.flatnonzero((frame["status"] == "ok").to_numpy(dtype=bool) & label_all.is_valid().to_numpy(False))
     # a canonical order (by path: Arrow sorts strings by code point, as Python does), so the answers do not depend
     # on the frame's
-    paths = _strings(frame["path"]).take(usable)
+    paths = arrow_strings(frame["path"]).take(usable)
     order = pc.sort_indices(paths).to_numpy()
     positions, paths = usable[order], paths.take(order)
     ok = frame.index[positions]
@@ -86,7 +77,7 @@ def refine_predictions(ctx: RefineContext, predictions: pd.DataFrame, input_root
     frame.loc[ok, "refined_confidence"] = confidence
     frame.loc[ok, "refine_method"] = ""
     routed = confidence < cfg.threshold
-    hashes = (_strings(frame["content_hash"]).take(positions)
+    hashes = (arrow_strings(frame["content_hash"]).take(positions)
               if "content_hash" in frame else None)
     keys = content_keys(hashes)
     truth_idx = None
