@@ -72,20 +72,24 @@ class AdaptedInfer:
     providers: tuple[str, ...]
     threads: int
 
-    def __call__(self, onnx_path: Path, paths: pa.Array) -> pa.Table | pd.DataFrame:
+    def __call__(self, onnx_path: Path, paths: pa.Array, vectors: bool = False) -> pa.Table | pd.DataFrame:
+        """``vectors``: the model's ``embeddings`` output too, as the ``embedding`` column (a routed graph,
+        ``tasks.refine.routed``); always a table then."""
         target = RunCatalog(Path(self.run_dir))
         share_rows(RunCatalog(Path(self.manifest).parent), target)
         subset = write_subset(Path(self.manifest), paths, target.manifest)
         ref = make_model_ref(self.model, onnx_path, ADAPTED, self.providers, self.threads)
-        known = None if self.cfg.full else cached_answers(subset, ref.identity, target.run_dir)
+        known = None if self.cfg.full or vectors else cached_answers(subset, ref.identity, target.run_dir)
         if known is not None:
             log.info("refine: %d files answered from the index of %s (%s)", len(known), target.run_dir, ref.identity[:12])
             return known
+        cfg = self.cfg.model_copy(update={"outputs": ("label", "embeddings")}) if vectors else self.cfg
         try:
-            result = run_infer_stage(self.cfg, ref, str(subset), self.run_dir, self.profile, self.batch_size)
+            result = run_infer_stage(cfg, ref, str(subset), self.run_dir, self.profile, self.batch_size)
         finally:
             release_engines(ref.identity)  # an adapted model answers once: its session need not stay
-        return pq.read_table(result.predictions_path, columns=["path", "status", "label", "confidence"])
+        columns = ["path", "status", "label", "confidence", *(["embedding"] if vectors else [])]
+        return pq.read_table(result.predictions_path, columns=columns)
 
 
 def cached_answers(manifest: Path, identity: str, run_dir: Path) -> pd.DataFrame | None:

@@ -22,6 +22,7 @@ KEEP_SAMPLE_BYTES = 64 << 20  # a sample this large is freed during re-inference
 
 Reader = Callable[[np.ndarray, int], Iterator[tuple[np.ndarray, np.ndarray]]]
 Reinfer = Callable[[Path, np.ndarray], tuple[np.ndarray, np.ndarray]]
+Vectors = Callable[[Path, np.ndarray], np.ndarray]
 
 
 class Keys:
@@ -52,8 +53,10 @@ class Items:
     """``n`` items: ``load_sample`` gives (sorted positions, model-ready inputs) of the adaptation sample, on first
     use; ``read(positions, size)`` yields (positions that decoded, inputs) chunks of at most ``size``; ``reinfer``
     (None: in-process sessions) answers positions with an ONNX file through the caller's machinery, as label
-    indices and confidences (-1 and NaN where it gave no answer); ``keys`` are content hashes (None: nothing is
-    kept for reruns); ``memo`` keeps adaptation steps and TTA answers for reruns (``tasks.refine.memo``)."""
+    indices and confidences (-1 and NaN where it gave no answer); ``vectors`` the same way gives a model's
+    ``embeddings`` output (NaN rows where no answer; ``tasks.refine.routed``); ``keys`` are content hashes (None:
+    nothing is kept for reruns); ``memo`` keeps adaptation steps and TTA answers for reruns (``tasks.refine.memo``);
+    ``ahead`` holds answers of a model given before it is asked (``answer_ahead``)."""
 
     n: int
     load_sample: Callable[[], tuple[np.ndarray, np.ndarray]]
@@ -64,6 +67,9 @@ class Items:
     memo: object = None
     lost: set = field(default_factory=set)  # positions that no longer decode (left as inferred)
     parent: "Items | None" = None  # the set this one is a subset of (it holds the decoded sample too)
+    vectors: Vectors | None = None
+    ahead: dict = field(default_factory=dict)  # ONNX file -> (answered mask, labels, confidences) over the items
+    _idx: np.ndarray | None = field(default=None, repr=False)  # a subset's positions in its parent
     _sample: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
@@ -89,6 +95,22 @@ class Items:
         if self.parent is not None:
             self.parent.drop_sample()
 
+    def answer_ahead(self, path: Path, labels: np.ndarray, confidences: np.ndarray, positions: np.ndarray) -> None:
+        """Keep answers of the model at ``path`` for ``positions``: ``answered`` returns them instead of asking."""
+        mask, lab, conf = self.ahead.setdefault(Path(path), (np.zeros(self.n, bool), np.full(self.n, -1, np.int64),
+                                                               np.full(self.n, np.nan)))
+        mask[positions], lab[positions], conf[positions] = True, labels, confidences
+
+    def answered(self, path: Path, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """(labels, confidences) of ``positions`` kept by ``answer_ahead`` (on this set or the one it is a subset
+        of), or None when any of them was not answered ahead."""
+        if self.parent is not None:
+            return self.parent.answered(path, self._idx[positions])
+        got = self.ahead.get(Path(path))
+        if got is None or not got[0][positions].all():
+            return None
+        return got[1][positions], got[2][positions]
+
     @property
     def sample_idx(self) -> np.ndarray:
         """Sorted positions of the sample's items."""
@@ -113,5 +135,7 @@ class Items:
                 yield np.searchsorted(idx, part), x
 
         reinfer = None if self.reinfer is None else (lambda path, positions: parent.reinfer(path, idx[positions]))
+        vectors = None if self.vectors is None else (lambda path, positions: parent.vectors(path, idx[positions]))
         keys = None if self.keys is None else self.keys[idx]
-        return Items(len(idx), load_sample, read, self.item_bytes, reinfer, keys, self.memo, self.lost, parent)
+        return Items(len(idx), load_sample, read, self.item_bytes, reinfer, keys, self.memo, self.lost, parent,
+                     vectors, _idx=idx)

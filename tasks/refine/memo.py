@@ -33,8 +33,8 @@ if TYPE_CHECKING:  # torch is imported only where a step is saved or loaded: a r
     from tasks.refine.ttt import Adaptation
 
 KEY_FILE, SET_FILE = "adaptation.json", "adapted-set.parquet"
-KEPT = (KEY_FILE, SET_FILE, "adapted", "like-source", "shifted", "tta", "probe", "mixture.json", "groups.parquet",
-        "answers.json", "answers.parquet")
+KEPT = (KEY_FILE, SET_FILE, "adapted", "like-source", "shifted", "tta", "probe", "routed", "mixture.json",
+        "groups.parquet", "answers.json", "answers.parquet")
 COMPUTE_ONLY = {"enabled", "batch_size", "device", "reuse_adaptation", "readapt_share", "readapt_auto_share"}  # change speed or advice, not answers
 
 
@@ -79,6 +79,7 @@ class Memo:
     reused_steps: int = 0
     run_steps: int = 0
     _sha: dict = field(default_factory=dict)
+    _fresh: dict = field(default_factory=dict)  # step folder -> Step, written by this run (loading it is no replay)
 
     def sha(self, path: Path) -> str:
         if path not in self._sha:
@@ -106,6 +107,11 @@ class Memo:
                     "rng": run.rng.bit_generator.state, "n_classes": state.n_classes}, folder / "step.json")
         self.run_steps += 1
 
+    def hold(self, run: Run, round_no: int, step: Step) -> None:
+        """The next ``load_step`` of this round returns ``step``'s computes and model (a mixed set's first steps
+        run on its sample before its groups are known: the groups then take them up)."""
+        self._fresh[run.ctx.work_dir / "adapted" / f"round-{round_no}"] = step
+
     def load_step(self, run: Run, round_no: int) -> Step | None:
         """A kept step of this round as the round would have left it (None: not kept, or its model file changed)."""
         folder = run.ctx.work_dir / "adapted" / f"round-{round_no}"
@@ -130,8 +136,11 @@ class Memo:
             known = pd.Series(arrays["bn_labels"], index=arrays["bn_keys"])
             known = known[~known.index.duplicated()].reindex(np.asarray(run.items.keys))
             bn = (np.flatnonzero(known.notna()), known.dropna().to_numpy(dtype=np.int64))
-        self.reused_steps += 1
         computes = {m: Compute(f, b, 0.0) for m, (f, b) in meta["computes"].items()}
+        fresh = self._fresh.pop(folder, None)
+        if fresh is not None:  # taken by this very run a moment ago (a mixed set's first steps): counted then
+            return Step(state, fresh.computes, bn, fresh.path, fresh.export_seconds)
+        self.reused_steps += 1
         return Step(state, computes, bn, path if meta["onnx_sha"] else None)
 
 

@@ -24,18 +24,24 @@ from tasks.refine.items import Items
 from tasks.refine.memo import read_json, write_json, write_table
 from tasks.refine.plan import Plan
 from tasks.refine.rounds import refine_set
-from tasks.refine.state import Compute, GroupLedger, Ledger, Outcome
+from tasks.refine.routed import Routed, answer, export_routed
+from tasks.refine.state import Compute, GroupLedger, Ledger, Outcome, Run
 from tasks.refine.ttt import torch_threads
+from tasks.refine.ttt_step import round_step
 from tasks.refine.writeback import source_opset
 
 GROUPS = (("like-source", False), ("shifted", True))
 
 
-def check(ctx: RefineContext, plan: Plan, items: Items, ledger: Ledger) -> tuple[np.ndarray | None, dict]:
-    """(mask of the shifted items, facts) for a clear mixture, else (None, facts); the pass is charged to the budget.
+def check(ctx: RefineContext, plan: Plan, items: Items, ledger: Ledger,
+          defer: bool = False) -> tuple[np.ndarray | None, dict, tuple | None]:
+    """(mask of the shifted items, facts, pending) for a clear mixture, else (None, facts, None); the pass is charged
+    to the budget.
 
     The groups are found on the sample; when the sample is not the whole set, every other item is placed in the
-    nearer group, chunk by chunk (a forward pass up to the second BN layer). A kept split places only new files."""
+    nearer group, chunk by chunk (a forward pass up to the second BN layer). A kept split places only new files.
+    With ``defer`` (a set with a memo) a split set's items are not placed here: ``pending`` is (splitter, the
+    positions still to place) for ``place_routed``, which places them while answering round 1 (else None)."""
     start = time.perf_counter()
     kept = _load_split(items)
     with torch_threads(ctx.threads):
@@ -51,12 +57,60 @@ def check(ctx: RefineContext, plan: Plan, items: Items, ledger: Ledger) -> tuple
                     facts["sample"] = int(len(items.sample_idx))
         else:
             shifted, facts, splitter, passes, todo = kept
-        if len(todo):
+        pending = (splitter, todo) if defer and splitter is not None else None
+        if len(todo) and pending is None:
             shifted[todo] = _place(ctx, plan, items, splitter, todo)
             passes += len(todo)
-    if items.memo is not None and (kept is None or len(todo)):
+    if items.memo is not None and (kept is None or len(todo)) and pending is None:  # else place_routed saves it
         _save_split(items, shifted, facts, splitter, passes)
     ledger.charge("mixture-check", Compute(passes, 0, time.perf_counter() - start))
+    return shifted, {**facts, **ledger.checks["mixture-check"]}, pending
+
+
+def place_routed(ctx: RefineContext, plan: Plan, items: Items, label: np.ndarray, confidence: np.ndarray,
+                 ledger: Ledger, shifted: np.ndarray, facts: dict, pending: tuple) -> tuple[np.ndarray, dict]:
+    """Place the items ``check`` left (``pending``) while answering round 1 (``tasks.refine.routed``): each group's
+    first step runs on its part of the sample, then one pass of the routed graph over the items round 1 re-infers
+    (and those to place) gives each item's group and every group's answer; the groups' rounds then take those
+    answers (``Items.answer_ahead``) instead of re-inferring. Falls back to the probe pass when no group adapts in
+    round 1 or the routed graph fails its parity check. Returns the full mask and the facts."""
+    splitter, todo = pending
+    cfg = ctx.cfg
+    sample_idx = items.sample_idx
+    models, owners, paths = [], [], []
+    for name, flag in GROUPS:
+        part = sample_idx[shifted[sample_idx] == flag]
+        run = Run(dataclasses.replace(ctx, work_dir=ctx.work_dir / name), items.subset(part), None,
+                  copy.deepcopy(plan.module), np.random.default_rng(cfg.seed), ctx.onnx_path)
+        start_step = Outcome.start(label[part], confidence[part])
+        step = round_step(run, None, start_step, 1, start_step.confidence < cfg.threshold)
+        items.memo.hold(run, 1, step)
+        if step.path is not None:
+            models.append(step.state.module)
+            owners.append(flag)
+            paths.append(step.path)
+    path = None
+    if models:
+        meta = {"models": [items.memo.sha(p) for p in paths], "owners": owners, "splitter": splitter.to_dict()}
+        with torch_threads(ctx.threads):
+            path = export_routed(ctx, Routed(plan.module, splitter, models, owners), items.sample[:256],
+                                 ctx.work_dir / "routed", meta)
+    start = time.perf_counter()
+    if path is None:
+        shifted[todo] = _place(ctx, plan, items, splitter, todo)
+    else:
+        unsure = np.flatnonzero(np.asarray(confidence) < cfg.threshold)
+        want = np.arange(items.n) if cfg.reinfer == "all" else np.union1d(todo, unsure)
+        flag, answers = answer(ctx, items, path, want, len(models))
+        shifted[todo] = flag[np.searchsorted(want, todo)]
+        for (lab, conf), owner, model_path in zip(answers, owners, paths):
+            mine = np.flatnonzero(shifted[want] == owner)
+            items.answer_ahead(model_path, lab[mine], conf[mine], want[mine])
+        facts["placed_while_answering"] = True
+    ledger.charge("mixture-check", Compute(len(todo), 0, time.perf_counter() - start))
+    passes = ledger.checks["mixture-check"]["forward_passes"]
+    _save_split(items, shifted, {k: v for k, v in facts.items() if k not in ("seconds", "multiplier",
+                                                                          "forward_passes")}, splitter, passes)
     return shifted, {**facts, **ledger.checks["mixture-check"]}
 
 

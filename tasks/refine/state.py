@@ -157,6 +157,9 @@ class Run:
         a file that no longer decodes), and the compute it took. With ``items.reinfer`` the caller's machinery
         answers (the infer stage's shards, index and cache); else this process's session, chunk by chunk."""
         start = time.perf_counter()
+        ahead = self.items.answered(self.model_path, idx)
+        if ahead is not None:  # answered by the pass that placed a mixed set's files (``tasks.refine.routed``)
+            return *ahead, Compute(len(idx), 0, time.perf_counter() - start)
         if self.items.reinfer is not None:
             label, conf = self.items.reinfer(self.model_path, idx)
             return label, conf, Compute(len(idx), 0, time.perf_counter() - start)

@@ -94,6 +94,7 @@ def open_files(ctx: RefineContext, root: Path, paths: pa.Array, labels: np.ndarr
     items = Items(len(paths), load_sample, read, item_bytes, keys=keys, lost=lost)
     if ctx.reinfer is not None:
         items.reinfer = _reinfer(ctx, paths, lost)
+        items.vectors = _vectors(ctx, paths, lost)
     return items
 
 
@@ -119,6 +120,30 @@ def _reinfer(ctx: RefineContext, paths: pa.Array, lost: set[int]):
         return label, confidence
 
     return reinfer
+
+
+def _vectors(ctx: RefineContext, paths: pa.Array, lost: set[int]):
+    """Items.vectors through ``ctx.reinfer(..., vectors=True)`` (a table with path, status and the ``embedding``
+    column): one row of the model's ``embeddings`` output per position asked (NaN where no answer came back, counted
+    as lost), matched to the paths in Arrow as ``_reinfer`` does."""
+
+    def vectors(onnx_path: Path, positions: np.ndarray) -> np.ndarray:
+        wanted = paths.take(np.asarray(positions, dtype=np.int64))
+        got = ctx.reinfer(Path(onnx_path), wanted, vectors=True)
+        text = pa.large_string()
+        row = pc.index_in(wanted.cast(text), value_set=got["path"].cast(text))
+        ok = pc.and_kleene(pc.equal(pc.take(got["status"].cast(text), row), "ok"),
+                           pc.is_valid(pc.take(got["embedding"], row)))
+        ok = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+        lost.update(np.asarray(positions)[~ok].tolist())
+        picked = pc.take(got["embedding"], pa.array(np.where(ok, row.fill_null(0).to_numpy(False), 0)))
+        picked = picked.combine_chunks() if isinstance(picked, pa.ChunkedArray) else picked
+        width = picked.type.list_size  # the slots of null rows are in .values too: the shape holds
+        out = picked.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(positions), width)
+        out[~ok] = np.nan
+        return out
+
+    return vectors
 
 
 def content_keys(hashes: pa.Array | None) -> Keys | None:

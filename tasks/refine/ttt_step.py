@@ -98,16 +98,23 @@ def _torch_step(run: Run, state: ttt.Adaptation | None, out: Outcome, round_no: 
         return Step(state, computes, bn, path, export_seconds)
 
 
-def adapt_round(run: Run, state: ttt.Adaptation | None, out: Outcome, ledger: Ledger | GroupLedger, round_no: int,
-                unsure: np.ndarray):
-    """Run one TTT round (or replay it from ``run.items.memo``) and re-infer; returns (state, whether any answer
-    could have changed)."""
-    cfg, memo = run.ctx.cfg, run.items.memo
+def round_step(run: Run, state: ttt.Adaptation | None, out: Outcome, round_no: int, unsure: np.ndarray) -> Step:
+    """The round's torch step: replayed from ``run.items.memo`` when kept there, else run (and kept)."""
+    memo = run.items.memo
     step = memo.load_step(run, round_no) if memo is not None else None
     if step is None:
         step = _torch_step(run, state, out, round_no, unsure)
         if memo is not None:
             memo.save_step(run, round_no, step)
+    return step
+
+
+def adapt_round(run: Run, state: ttt.Adaptation | None, out: Outcome, ledger: Ledger | GroupLedger, round_no: int,
+                unsure: np.ndarray):
+    """Run one TTT round (or replay it from ``run.items.memo``) and re-infer; returns (state, whether any answer
+    could have changed)."""
+    cfg = run.ctx.cfg
+    step = round_step(run, state, out, round_no, unsure)
     state, computes = step.state, step.computes
     if step.path is None:
         return state, False

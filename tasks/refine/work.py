@@ -44,7 +44,9 @@ def refine_arrays(ctx: RefineContext, x: np.ndarray | Items, label: np.ndarray, 
     if n and plan.ttt_reason is None:  # torch works on the GPU when the stage runs on one (refine.device)
         ctx = dataclasses.replace(ctx, device=ttt.torch_device(ctx.cfg.device, ctx.providers))
         plan.module.to(ctx.device)
-        shifted, facts = mixture.check(ctx, plan, items, ledger)
+        shifted, facts, pending = mixture.check(ctx, plan, items, ledger, defer=items.memo is not None)
+        if pending is not None:
+            shifted, facts = mixture.place_routed(ctx, plan, items, label, confidence, ledger, shifted, facts, pending)
         if shifted is not None:
             return mixture.refine_groups(ctx, items, label, confidence, plan, ledger, shifted, facts)
     out = refine_set(ctx, items, label, confidence, plan, ledger)

@@ -125,6 +125,9 @@ def test_an_unchanged_pipeline_rerun_replays_refine_from_what_it_kept(prefect_ha
     refined = json.loads((tmp_path / "run" / "report.json").read_text())["refine"]
     assert second["reused"] and refined["adaptation"]["kept"] and refined["adaptation"]["run_steps"] == 0
     assert refined["adaptation"]["reused_steps"] >= 1 and first["accuracy"] == second["accuracy"]
+    # the demo mixes clean and shifted digits: one pass of the routed graph through the infer machinery placed
+    # them and answered round 1 of both groups (its embeddings carry each file's group)
+    assert refined["mixture"]["placed_while_answering"]
     assert (tmp_path / "run" / "refine-infer" / "index.sqlite").is_file()
     for column in ("label", "refined_label", "refine_method", "ttt_label", "tta_label"):
         assert before[column].equals(after[column]), column

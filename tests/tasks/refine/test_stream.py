@@ -203,11 +203,18 @@ def test_a_mixed_set_larger_than_the_sample_places_every_file_and_a_rerun_keeps_
     out, summary = refine(adapter, onnx_path, tmp_path / "work", frame, root)
     mixture = summary["mixture"]
     assert mixture["split"] and mixture["sample"] == 256 and mixture["forward_passes"] == len(frame)
+    assert mixture["placed_while_answering"]  # one routed pass placed the 744 files and answered round 1
     assert abs(mixture["groups"]["shifted"]["items"] - 500) <= 10  # the 744 files outside the sample placed too
     assert (out.loc[~truly_fog, "refine_method"].isin(["", "tta"])).mean() >= 0.98  # clean files left alone
     again, kept = refine(Tripwire(adapter), onnx_path, tmp_path / "work", frame, root)
     assert kept["mixture"]["groups"] == mixture["groups"] and kept["adaptation"]["run_steps"] == 0
     assert again["label"].equals(out["label"])
+    # without content hashes nothing is kept, so the files are placed by the probe pass first, then each group
+    # re-infers: the same groups and answers
+    probed, plain = refine(adapter, onnx_path, tmp_path / "plain", frame.drop(columns="content_hash"), root)
+    assert "placed_while_answering" not in plain["mixture"] and plain["mixture"]["groups"] == mixture["groups"]
+    for column in ("label", "confidence", "refine_method", "ttt_label"):
+        assert probed[column].equals(out[column]), column
 
 
 def test_files_that_no_longer_decode_keep_their_answers_and_are_counted(scan, tmp_path):
