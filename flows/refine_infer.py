@@ -20,8 +20,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flows.dispatch import run_infer_stage
+from flows.infer import with_outputs
 from helios.catalog import RunCatalog
 from helios.files import atomic_path
+from helios.heap import trim_heap
 from helios.models import ModelConfig
 from tasks.infer.config import InferConfig
 from tasks.infer.engine import release_engines
@@ -87,8 +89,11 @@ class AdaptedInfer:
         try:
             result = run_infer_stage(cfg, ref, str(subset), self.run_dir, self.profile, self.batch_size)
         finally:
-            release_engines(ref.identity)  # an adapted model answers once: its session need not stay
-        columns = ["path", "status", "label", "confidence", *(["embedding"] if vectors else [])]
+            # an adapted model answers once: its session, and ONNX Runtime's memory for its largest batches, go
+            # (under the identity the engines were opened with, which names the outputs asked for)
+            release_engines(with_outputs(ref, cfg).identity)
+            trim_heap()
+        columns = ["path", "status", *(["embedding"] if vectors else ["label", "confidence"])]
         return pq.read_table(result.predictions_path, columns=columns)
 
 
