@@ -63,7 +63,7 @@ def save(root: Path, key: str, outcome: Outcome, created: str) -> None:
     kill between the two leaves nothing that matches)."""
     root.mkdir(parents=True, exist_ok=True)
     (root / META).unlink(missing_ok=True)
-    columns = {"label": outcome.label, "confidence": outcome.confidence, "method": outcome.method.astype(str)}
+    columns = {"label": outcome.label, "confidence": outcome.confidence, "method": pa.array(outcome.method, pa.string())}
     columns.update({f"column:{name}": values for name, values in outcome.columns.items()})
     with atomic_path(root / TABLE) as tmp:
         pq.write_table(pa.table(columns), tmp)

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from helios.heap import trim_heap
 from tasks.refine import domains, probe
 from tasks.refine.config import RefineConfig
 from tasks.refine.context import RefineContext
@@ -111,6 +112,7 @@ def place_routed(ctx: RefineContext, plan: Plan, items: Items, label: np.ndarray
     passes = ledger.checks["mixture-check"]["forward_passes"]
     _save_split(items, shifted, {k: v for k, v in facts.items() if k not in ("seconds", "multiplier",
                                                                           "forward_passes")}, splitter, passes)
+    trim_heap()  # the pass's answers were read whole: what they took goes back before the groups' rounds
     return shifted, {**facts, **ledger.checks["mixture-check"]}
 
 
@@ -147,7 +149,7 @@ def _load_split(items: Items):
 def _save_split(items: Items, shifted: np.ndarray | None, facts: dict, splitter, passes: int) -> None:
     root = items.memo.root
     if shifted is not None:
-        write_table({"key": np.asarray(items.keys, dtype=object), "shifted": shifted}, root / "groups.parquet")
+        write_table({"key": items.keys.values, "shifted": shifted}, root / "groups.parquet")  # keys stay in Arrow
     write_json({"facts": facts, "passes": passes, "splitter": None if splitter is None else splitter.to_dict()},
                root / "mixture.json")
 

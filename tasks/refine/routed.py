@@ -30,6 +30,9 @@ from tasks.refine.writeback import source_opset
 from tasks.session import open_session
 
 
+CHUNK = 8192  # answers scored at once
+
+
 class Routed(nn.Module):
     """Source probe, split rule and adapted models as one module: ``(logits of the item's group, embeddings)``."""
 
@@ -104,16 +107,15 @@ def answer(ctx: RefineContext, items: Items, path: Path, positions: np.ndarray, 
             emb[np.searchsorted(positions, part)] = session.run({name: x})[1]
     ok = ~np.isnan(emb[:, 0])
     flag = np.where(ok, emb[:, 0], 0) > 0.5
-    answers = []
-    for k in range(n_models):
-        label, conf = np.full(len(positions), -1, dtype=np.int64), np.full(len(positions), np.nan)
-        if ok.any():
-            logits = emb[ok, 1 + k * classes:1 + (k + 1) * classes]
+    answers = [(np.full(len(positions), -1, dtype=np.int64), np.full(len(positions), np.nan)) for _ in range(n_models)]
+    for start in range(0, len(positions), CHUNK):  # chunks: the scores' float64 copies stay small
+        rows = start + np.flatnonzero(ok[start:start + CHUNK])
+        for k, (label, conf) in enumerate(answers):
+            logits = emb[rows, 1 + k * classes:1 + (k + 1) * classes]
             if items.vectors is not None:  # as the infer machinery scores the files it answers
                 scored = ctx.adapter.postprocess(logits)
-                label[ok], conf[ok] = scored.label_idx, scored.confidence
+                label[rows], conf[rows] = scored.label_idx, scored.confidence
             else:  # as ``Run.infer`` does in this process
                 probs = softmax(logits.astype(np.float64))
-                label[ok], conf[ok] = probs.argmax(1), probs.max(1)
-        answers.append((label, conf))
+                label[rows], conf[rows] = probs.argmax(1), probs.max(1)
     return flag, answers

@@ -132,14 +132,15 @@ def _vectors(ctx: RefineContext, paths: pa.Array, lost: set[int]):
         got = ctx.reinfer(Path(onnx_path), wanted, vectors=True)
         text = pa.large_string()
         row = pc.index_in(wanted.cast(text), value_set=got["path"].cast(text))
+        embedding = got["embedding"].combine_chunks()
         ok = pc.and_kleene(pc.equal(pc.take(got["status"].cast(text), row), "ok"),
-                           pc.is_valid(pc.take(got["embedding"], row)))
+                           pc.take(pc.is_valid(embedding), row))
         ok = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
         lost.update(np.asarray(positions)[~ok].tolist())
-        picked = pc.take(got["embedding"], pa.array(np.where(ok, row.fill_null(0).to_numpy(False), 0)))
-        picked = picked.combine_chunks() if isinstance(picked, pa.ChunkedArray) else picked
-        width = picked.type.list_size  # the slots of null rows are in .values too: the shape holds
-        out = picked.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(len(positions), width)
+        # the slots of null rows are in .values too, so the table's rows are one float32 matrix (no copy), and the
+        # rows asked for are taken from it once
+        table = embedding.values.to_numpy(zero_copy_only=False).reshape(len(embedding), embedding.type.list_size)
+        out = table[np.where(ok, row.fill_null(0).to_numpy(zero_copy_only=False), 0)].astype(np.float32, copy=False)
         out[~ok] = np.nan
         return out
 
