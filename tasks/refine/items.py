@@ -101,15 +101,15 @@ class Items:
                                                                np.full(self.n, np.nan)))
         mask[positions], lab[positions], conf[positions] = True, labels, confidences
 
-    def answered(self, path: Path, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-        """(labels, confidences) of ``positions`` kept by ``answer_ahead`` (on this set or the one it is a subset
-        of), or None when any of them was not answered ahead."""
+    def answered(self, path: Path, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """(answered mask, labels, confidences) of ``positions`` as kept by ``answer_ahead`` (on this set or the one
+        it is a subset of), or None when the model at ``path`` answered nothing ahead."""
         if self.parent is not None:
             return self.parent.answered(path, self._idx[positions])
         got = self.ahead.get(Path(path))
-        if got is None or not got[0][positions].all():
+        if got is None:
             return None
-        return got[1][positions], got[2][positions]
+        return got[0][positions], got[1][positions], got[2][positions]
 
     @property
     def sample_idx(self) -> np.ndarray:

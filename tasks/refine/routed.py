@@ -4,10 +4,11 @@ adapted model, instead of a placement pass (the probe) and then one re-inference
 The groups are found on the sample (``domains.find_groups``) and each group's first adaptation step runs on its
 part of the sample, so before any other file is read both adapted models exist. ``Routed`` is one graph of the
 source model's probe (``probe.FeatureProbe``: the item's statistics at the first BN layers), the split's nearer-centre
-rule (``domains.Splitter``, in float64 as there) and the adapted models: its ``logits`` are those of the item's own
-group's model and its ``embeddings`` are ``[shifted flag, logits of model 0, logits of model 1, ...]``, so the caller
-reads both the group and every group's answer. It re-infers through ``Items.vectors``, which in the pipeline is the
-infer machinery (shards, the index, its cache: a rerun with the same models answers from the index).
+rule (``domains.Splitter``, in float64 as there) and the adapted models: each item goes through its own group's
+model only (the batch is split by group inside the graph and put back in order), and the graph's ``embeddings``
+are ``[shifted flag, logits]``, so the caller reads the group and the answer together. It re-infers through
+``Items.vectors``, which in the pipeline is the infer machinery (shards, the index, its cache: a rerun with the same
+models answers from the index).
 """
 from __future__ import annotations
 
@@ -52,12 +53,20 @@ class Routed(nn.Module):
         z = (self.probe(x).double() - self.mean) / self.scale
         second = ((z - self.centers[1]) ** 2).sum(1) < ((z - self.centers[0]) ** 2).sum(1)
         shifted = second if self.shifted_second else ~second
-        outs = []
-        for model in self.models:
-            out = model(x)
-            outs.append(out[0] if isinstance(out, tuple) else out)
-        routed = torch.where(shifted[:, None], outs[self.shifted_index], outs[self.like_index])
-        return routed, torch.cat([shifted.to(outs[0].dtype)[:, None], *outs], 1)
+        if len(self.models) == 1:
+            routed = _logits(self.models[0], x)
+        else:  # each item through its own group's model only (a group may be empty in a batch: zero rows)
+            mine, others = torch.nonzero(shifted).flatten(), torch.nonzero(~shifted).flatten()
+            out = torch.cat([_logits(self.models[self.shifted_index], x.index_select(0, mine)),
+                             _logits(self.models[self.like_index], x.index_select(0, others))])
+            order = torch.cat([mine, others])[:, None].expand(-1, out.shape[1])
+            routed = torch.zeros(x.shape[0], out.shape[1], dtype=out.dtype).scatter(0, order, out)
+        return routed, torch.cat([shifted.to(routed.dtype)[:, None], routed], 1)
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out[0] if isinstance(out, tuple) else out
 
 
 def export_routed(ctx: RefineContext, routed: Routed, sample: np.ndarray, folder: Path, meta: dict) -> Path | None:
@@ -93,29 +102,29 @@ def export_routed(ctx: RefineContext, routed: Routed, sample: np.ndarray, folder
     return path
 
 
-def answer(ctx: RefineContext, items: Items, path: Path, positions: np.ndarray, n_models: int):
-    """(shifted flag, [(labels, confidences) per model]) of items ``positions`` from the routed graph at ``path``
-    (label -1 and flag False where no answer came back: the file no longer decodes)."""
+def answer(ctx: RefineContext, items: Items, path: Path, positions: np.ndarray):
+    """(shifted flag, labels, confidences) of items ``positions`` from the routed graph at ``path``: each answer is
+    from the model of the group the graph put the item in (label -1 and flag False where no answer came back: the
+    file no longer decodes)."""
     classes = len(ctx.adapter.labels)
     if items.vectors is not None:
         emb = items.vectors(path, positions)
     else:  # in this process, chunk by chunk
         session = open_session(path, ("CPUExecutionProvider",), ctx.threads)
         name = ctx.adapter.input_names[0]
-        emb = np.full((len(positions), 1 + n_models * classes), np.nan, dtype=np.float32)
+        emb = np.full((len(positions), 1 + classes), np.nan, dtype=np.float32)
         for part, x in items.read(positions, capped_batch(ctx.cfg.batch_size, items.item_bytes)):
             emb[np.searchsorted(positions, part)] = session.run({name: x})[1]
     ok = ~np.isnan(emb[:, 0])
     flag = np.where(ok, emb[:, 0], 0) > 0.5
-    answers = [(np.full(len(positions), -1, dtype=np.int64), np.full(len(positions), np.nan)) for _ in range(n_models)]
+    label, conf = np.full(len(positions), -1, dtype=np.int64), np.full(len(positions), np.nan)
     for start in range(0, len(positions), CHUNK):  # chunks: the scores' float64 copies stay small
         rows = start + np.flatnonzero(ok[start:start + CHUNK])
-        for k, (label, conf) in enumerate(answers):
-            logits = emb[rows, 1 + k * classes:1 + (k + 1) * classes]
-            if items.vectors is not None:  # as the infer machinery scores the files it answers
-                scored = ctx.adapter.postprocess(logits)
-                label[rows], conf[rows] = scored.label_idx, scored.confidence
-            else:  # as ``Run.infer`` does in this process
-                probs = softmax(logits.astype(np.float64))
-                label[rows], conf[rows] = probs.argmax(1), probs.max(1)
-    return flag, answers
+        logits = emb[rows, 1:1 + classes]
+        if items.vectors is not None:  # as the infer machinery scores the files it answers
+            scored = ctx.adapter.postprocess(logits)
+            label[rows], conf[rows] = scored.label_idx, scored.confidence
+        else:  # as ``Run.infer`` does in this process
+            probs = softmax(logits.astype(np.float64))
+            label[rows], conf[rows] = probs.argmax(1), probs.max(1)
+    return flag, label, conf

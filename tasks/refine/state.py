@@ -159,7 +159,15 @@ class Run:
         start = time.perf_counter()
         ahead = self.items.answered(self.model_path, idx)
         if ahead is not None:  # answered by the pass that placed a mixed set's files (``tasks.refine.routed``)
-            return *ahead, Compute(len(idx), 0, time.perf_counter() - start)
+            done, label, conf = ahead
+            if not done.all():
+                label, conf = label.copy(), conf.copy()
+                label[~done], conf[~done], _ = self._infer(idx[~done])
+            return label, conf, Compute(len(idx), 0, time.perf_counter() - start)
+        return self._infer(idx)
+
+    def _infer(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, Compute]:
+        start = time.perf_counter()
         if self.items.reinfer is not None:
             label, conf = self.items.reinfer(self.model_path, idx)
             return label, conf, Compute(len(idx), 0, time.perf_counter() - start)
