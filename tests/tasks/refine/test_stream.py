@@ -209,6 +209,16 @@ def test_a_mixed_set_larger_than_the_sample_places_every_file_and_a_rerun_keeps_
     again, kept = refine(Tripwire(adapter), onnx_path, tmp_path / "work", frame, root)
     assert kept["mixture"]["groups"] == mixture["groups"] and kept["adaptation"]["run_steps"] == 0
     assert again["label"].equals(out["label"])
+    # an increment: the last 100 files are new to a run that kept the first 900's adaptation; the kept steps and the
+    # kept routed graph place and answer them without torch work (Tripwire), and each keeps its group's answer
+    first, _ = refine(adapter, onnx_path, tmp_path / "grow", frame[:900], root)
+    grown, facts = refine(Tripwire(adapter), onnx_path, tmp_path / "grow", frame, root)
+    assert facts["adaptation"]["kept"] and facts["adaptation"]["new_files"] == 100
+    assert facts["adaptation"]["run_steps"] == 0 and facts["adaptation"]["reused_steps"] >= 2
+    assert facts["mixture"]["placed_while_answering"]
+    new_fog = truly_fog & (np.arange(len(frame)) >= 900)
+    assert (grown.loc[new_fog, "refine_method"].str.contains("tent")).mean() >= 0.95  # the shifted group's model
+    assert (grown.loc[~truly_fog, "refine_method"].isin(["", "tta"])).mean() >= 0.98
     # without content hashes nothing is kept, so the files are placed by the probe pass first, then each group
     # re-infers: the same groups and answers
     probed, plain = refine(adapter, onnx_path, tmp_path / "plain", frame.drop(columns="content_hash"), root)
