@@ -72,7 +72,7 @@ def place_routed(ctx: RefineContext, plan: Plan, items: Items, label: np.ndarray
                  ledger: Ledger, shifted: np.ndarray, facts: dict, pending: tuple) -> tuple[np.ndarray, dict]:
     """Place the items ``check`` left (``pending``) while answering round 1 (``tasks.refine.routed``): each group's
     first step runs on its part of the sample, then one pass of the routed graph over the items round 1 re-infers
-    (and those to place) gives each item's group and every group's answer; the groups' rounds then take those
+    (and those to place) gives each item's group and its group's model's answer; the groups' rounds then take those
     answers (``Items.answer_ahead``) instead of re-inferring. Falls back to the probe pass when no group adapts in
     round 1 or the routed graph fails its parity check. Returns the full mask and the facts."""
     splitter, todo = pending
