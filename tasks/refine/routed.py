@@ -70,8 +70,8 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def export_routed(ctx: RefineContext, routed: Routed, sample: np.ndarray, folder: Path, meta: dict) -> Path | None:
-    """``routed -> <folder>/model.onnx`` with its recipe, parity-checked on ``sample`` (every model's logits within
-    ``refine.parity_max_abs_logit_diff`` of torch, the same group for every item); None when parity fails (the
+    """``routed -> <folder>/model.onnx`` with its recipe, parity-checked on ``sample`` (the same group for every
+    item, each item's logits within ``refine.parity_max_abs_logit_diff`` of torch); None when parity fails (the
     caller then places the files with the probe as before). A file kept for the same ``meta`` is reused as it is."""
     path, kept = folder / "model.onnx", folder / "routed.json"
     if path.is_file() and kept.is_file() and json.loads(kept.read_text()) == meta:
