@@ -13,7 +13,6 @@ models answers from the index).
 from __future__ import annotations
 
 import copy
-import json
 import warnings
 from pathlib import Path
 
@@ -21,12 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from helios.models.base import softmax
 from tasks.prepare.export import write_recipe
 from tasks.refine.context import RefineContext
 from tasks.refine.domains import LAYERS, Splitter
 from tasks.refine.items import Items, capped_batch
+from tasks.refine.memo import read_json, write_json
 from tasks.refine.probe import FeatureProbe
+from tasks.refine.state import scores
 from tasks.refine.writeback import source_opset
 from tasks.session import open_session
 
@@ -74,7 +74,7 @@ def export_routed(ctx: RefineContext, routed: Routed, sample: np.ndarray, folder
     item, each item's logits within ``refine.parity_max_abs_logit_diff`` of torch); None when parity fails (the
     caller then places the files with the probe as before). A file kept for the same ``meta`` is reused as it is."""
     path, kept = folder / "model.onnx", folder / "routed.json"
-    if path.is_file() and kept.is_file() and json.loads(kept.read_text()) == meta:
+    if path.is_file() and read_json(kept) == meta:
         return path
     folder.mkdir(parents=True, exist_ok=True)
     name = ctx.adapter.input_names[0]
@@ -98,7 +98,7 @@ def export_routed(ctx: RefineContext, routed: Routed, sample: np.ndarray, folder
         return None
     write_recipe(path, {"variant": "test-time-adapted-routed", "source": ctx.adapter.recipe,
                         "source_onnx": str(ctx.onnx_path), "parity_max_abs_logit_diff": worst, **meta})
-    kept.write_text(json.dumps(meta))
+    write_json(meta, kept)
     return path
 
 
@@ -125,6 +125,5 @@ def answer(ctx: RefineContext, items: Items, path: Path, positions: np.ndarray):
             scored = ctx.adapter.postprocess(logits)
             label[rows], conf[rows] = scored.label_idx, scored.confidence
         else:  # as ``Run.infer`` does in this process
-            probs = softmax(logits.astype(np.float64))
-            label[rows], conf[rows] = probs.argmax(1), probs.max(1)
+            label[rows], conf[rows] = scores(logits)
     return flag, label, conf

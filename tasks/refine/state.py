@@ -175,10 +175,15 @@ class Run:
         name, bs = adapter.input_names[0], capped_batch(self.ctx.cfg.batch_size, self.items.item_bytes)
         label, conf = np.full(len(idx), -1, dtype=np.int64), np.full(len(idx), np.nan)
         for part, x in self.items.read(idx, bs):  # idx is sorted: its chunks are found by bisection
-            probs = softmax(self.session.run({name: x})[0].astype(np.float64))
             at = np.searchsorted(idx, part)
-            label[at], conf[at] = probs.argmax(1), probs.max(1)
+            label[at], conf[at] = scores(self.session.run({name: x})[0])
         return label, conf, Compute(len(idx), 0, time.perf_counter() - start)
+
+
+def scores(logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and confidences (softmax in float64) of a batch of logits, as this process scores answers."""
+    probs = softmax(logits.astype(np.float64))
+    return probs.argmax(1), probs.max(1)
 
 
 def mark(out: Outcome, idx: np.ndarray, method: str) -> None:

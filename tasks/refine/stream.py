@@ -108,18 +108,30 @@ def _reinfer(ctx: RefineContext, paths: pa.Array, lost: set[int]):
         wanted = paths.take(np.asarray(positions, dtype=np.int64))
         got = ctx.reinfer(Path(onnx_path), wanted)
         got = got if isinstance(got, pa.Table) else pa.Table.from_pandas(got, preserve_index=False)
-        text = pa.large_string()
-        row = pc.index_in(wanted.cast(text), value_set=got["path"].cast(text))  # null: the path got no answer
-        label = pc.index_in(pc.take(got["label"].cast(text), row), value_set=labels)  # null: none, or unknown
-        ok = pc.and_kleene(pc.equal(pc.take(got["status"].cast(text), row), "ok"), pc.is_valid(label))
-        ok = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
-        lost.update(np.asarray(positions)[~ok].tolist())
+        row, answered = _match(wanted, got)
+        label = pc.index_in(pc.take(got["label"].cast(pa.large_string()), row), value_set=labels)  # null: unknown
+        ok = _lost(positions, pc.and_kleene(answered, pc.is_valid(label)), lost)
         label = pc.fill_null(label, -1).to_numpy(zero_copy_only=False).astype(np.int64)
         confidence = pc.take(got["confidence"], row).to_numpy(zero_copy_only=False).astype(np.float64)
         label[~ok], confidence[~ok] = -1, np.nan
         return label, confidence
 
     return reinfer
+
+
+def _match(wanted: pa.Array, got: pa.Table) -> tuple[pa.Array, pa.Array]:
+    """For each path asked for, its row in ``got`` (null: no answer; a path answered twice: its first row) and
+    whether that row's status is ok (null where there is none)."""
+    text = pa.large_string()
+    row = pc.index_in(wanted.cast(text), value_set=got["path"].cast(text))
+    return row, pc.equal(pc.take(got["status"].cast(text), row), "ok")
+
+
+def _lost(positions: np.ndarray, ok: pa.Array, lost: set[int]) -> np.ndarray:
+    """``ok`` as a numpy mask (null: False); the positions it leaves out are added to ``lost``."""
+    ok = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+    lost.update(np.asarray(positions)[~ok].tolist())
+    return ok
 
 
 def _vectors(ctx: RefineContext, paths: pa.Array, lost: set[int]):
@@ -130,13 +142,9 @@ def _vectors(ctx: RefineContext, paths: pa.Array, lost: set[int]):
     def vectors(onnx_path: Path, positions: np.ndarray) -> np.ndarray:
         wanted = paths.take(np.asarray(positions, dtype=np.int64))
         got = ctx.reinfer(Path(onnx_path), wanted, vectors=True)
-        text = pa.large_string()
-        row = pc.index_in(wanted.cast(text), value_set=got["path"].cast(text))
+        row, answered = _match(wanted, got)
         embedding = got["embedding"].combine_chunks()
-        ok = pc.and_kleene(pc.equal(pc.take(got["status"].cast(text), row), "ok"),
-                           pc.take(pc.is_valid(embedding), row))
-        ok = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
-        lost.update(np.asarray(positions)[~ok].tolist())
+        ok = _lost(positions, pc.and_kleene(answered, pc.take(pc.is_valid(embedding), row)), lost)
         # the slots of null rows are in .values too, so the table's rows are one float32 matrix (no copy), and the
         # rows asked for are taken from it once
         table = embedding.values.to_numpy(zero_copy_only=False).reshape(len(embedding), embedding.type.list_size)
