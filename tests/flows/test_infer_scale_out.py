@@ -37,8 +37,18 @@ def write_pngs(root, n):
 
 
 def dask_workers() -> list:
-    """Worker processes of the local cluster: children started by the nannies with multiprocessing spawn."""
-    return [p for p in psutil.Process().children() if "spawn_main" in " ".join(p.cmdline())]
+    """Worker processes of the local cluster: children started by the nannies with multiprocessing spawn.
+
+    A child may exit between listing and reading its command line (a helper process, or a worker being
+    replaced); it is skipped rather than ending the search."""
+    found = []
+    for p in psutil.Process().children():
+        try:
+            if "spawn_main" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
 
 
 def test_dask_runner_loads_the_model_once_per_worker_and_survives_a_killed_worker(prefect_harness, tmp_path):
@@ -56,7 +66,10 @@ def test_dask_runner_loads_the_model_once_per_worker_and_survives_a_killed_worke
             shards = list((out / "shards").glob("*.parquet")) if (out / "shards").exists() else []
             workers = dask_workers()
             if len(shards) >= 3 and workers:
-                os.kill(workers[0].pid, signal.SIGKILL)
+                try:
+                    os.kill(workers[0].pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
                 killed.append(workers[0].pid)
                 return
             time.sleep(0.02)
@@ -102,7 +115,10 @@ def test_ray_runner_completes_with_every_row_once_when_a_worker_is_killed(prefec
             shards = list((out / "shards").glob("*.parquet")) if (out / "shards").exists() else []
             busy = ray_shard_workers() if shards else []
             if busy:
-                os.kill(busy[0].pid, signal.SIGKILL)
+                try:
+                    os.kill(busy[0].pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    continue
                 killed.append(busy[0].pid)
             time.sleep(0.02)
 
