@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 
 from flows.gpu_stages import GpuStagesResult, ModelBuild
 from flows.infer import infer_flow
@@ -57,8 +58,27 @@ def run_infer_stage(cfg: InferConfig, model_ref: ModelRef, manifest_path: str, r
         if batch_size and not cfg.batch_size:
             cfg = cfg.model_copy(update={"batch_size": batch_size})
         infer = infer_flow.with_options(task_runner=make_task_runner(cfg))
-        return infer(cfg, model_ref, manifest_path, run_dir, profile)
+        with nested_without_heartbeats():
+            return infer(cfg, model_ref, manifest_path, run_dir, profile)
     return dispatch_to_gpu(gpu_parameters(cfg, model_ref, manifest_path, run_dir), timeout_s).infer
+
+
+@contextmanager
+def nested_without_heartbeats():
+    """Inside a flow run, the subflows started here send no heartbeats of their own.
+
+    Prefect 3 sends a flow run's heartbeats from a thread that sleeps in one-second steps, and a synchronous run
+    waits for that thread when it ends: up to a second per subflow (0.5 s on average, measured), and the refine stage
+    runs several short infer subflows. A subflow runs in its parent's process, so the parent's heartbeats already say
+    whether that process is alive; a top-level flow (no parent) keeps its own."""
+    from prefect.context import FlowRunContext
+    from prefect.settings import temporary_settings
+
+    if FlowRunContext.get() is None:
+        yield
+        return
+    with temporary_settings(updates={"flows.heartbeat_frequency": None}):
+        yield
 
 
 def build_and_infer_on_gpu(cfg: InferConfig, build: ModelBuild, manifest_path: str, run_dir: str,

@@ -14,8 +14,8 @@ import pytest
 from prefect.client.schemas.objects import FlowRun
 from prefect.states import Completed, Failed, Running
 
-from flows.dispatch import (GpuStageError, build_parameters, gpu_parameters, gpu_result_of, run_infer_stage,
-                            variant_for_pool)
+from flows.dispatch import (GpuStageError, build_parameters, gpu_parameters, gpu_result_of, nested_without_heartbeats,
+                            run_infer_stage, variant_for_pool)
 from flows.gpu_stages import GpuStagesResult, ModelBuild
 from helios.models.config import ModelConfig
 from helios.errors import UsageError
@@ -172,3 +172,26 @@ def test_a_local_model_file_is_sent_to_the_gpu_worker_as_an_absolute_path(tmp_pa
     monkeypatch.chdir(tmp_path)  # the worker runs in its own directory: a relative path would miss there
     assert shared_model(ModelConfig(name="net.onnx")).name == str(tmp_path / "net.onnx")
     assert shared_model(ModelConfig(name="mnist-cnn")).name == "mnist-cnn"
+
+
+def test_subflows_started_inside_a_flow_run_send_no_heartbeats_of_their_own(prefect_harness):
+    """The parent's heartbeats cover the process a subflow runs in; a top-level flow keeps its own."""
+    from prefect import flow
+    from prefect.settings import get_current_settings
+
+    @flow
+    def child():
+        return get_current_settings().flows.heartbeat_frequency
+
+    @flow
+    def parent():
+        plain = child()
+        with nested_without_heartbeats():
+            quiet = child()
+        return plain, quiet
+
+    default = get_current_settings().flows.heartbeat_frequency
+    assert default is not None  # Prefect's default: a flow run sends heartbeats
+    assert parent() == (default, None)
+    with nested_without_heartbeats():  # outside any flow run: nothing changes
+        assert child() == default
