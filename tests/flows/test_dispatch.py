@@ -19,13 +19,11 @@ from flows.dispatch import (GpuStageError, build_parameters, gpu_parameters, gpu
 from flows.gpu_stages import GpuStagesResult, ModelBuild
 from helios.models.config import ModelConfig
 from helios.errors import UsageError
-from helios.models import load_model
 from flows.deployments import GPU_LIMIT
 from tasks.infer.config import InferConfig
-from tasks.infer.model_ref import ModelRef, make_model_ref
+from tasks.infer.model_ref import ModelRef
 from tasks.infer.result import InferResult
 from tasks.infer.scan import scan_input
-from tasks.prepare.export import export_onnx
 
 
 @pytest.fixture
