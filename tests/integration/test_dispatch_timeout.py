@@ -12,7 +12,7 @@ from test_prefect_deployments import prefect_client, start_worker
 
 from flows.deployments import GPU_DEPLOYMENT, GPU_LIMIT, GPU_POOL
 
-FILES = 12000  # enough digits that the GPU run is still busy when the wait ends
+FILES = 40000  # enough digits that the GPU run is still busy when the wait ends (12,000 were done in under 8 s in CI)
 TIMEOUT_S = 8
 
 
