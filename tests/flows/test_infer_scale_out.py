@@ -36,19 +36,23 @@ def write_pngs(root, n):
         (root / f"{i:05d}.png").write_bytes(buf.getvalue())
 
 
-def dask_workers() -> list:
-    """Worker processes of the local cluster: children started by the nannies with multiprocessing spawn.
-
-    A child may exit between listing and reading its command line (a helper process, or a worker being
-    replaced); it is skipped rather than ending the search."""
+def children_whose_command(matches, recursive: bool = False) -> list:
+    """This process's children whose command line satisfies ``matches``. A child may exit between listing and
+    reading its command line (a helper process, or a worker being replaced); it is skipped rather than ending the
+    search."""
     found = []
-    for p in psutil.Process().children():
+    for p in psutil.Process().children(recursive=recursive):
         try:
-            if "spawn_main" in " ".join(p.cmdline()):
+            if matches(" ".join(p.cmdline())):
                 found.append(p)
         except psutil.Error:
             continue
     return found
+
+
+def dask_workers() -> list:
+    """Worker processes of the local cluster: children started by the nannies with multiprocessing spawn."""
+    return children_whose_command(lambda command: "spawn_main" in command)
 
 
 def test_dask_runner_loads_the_model_once_per_worker_and_survives_a_killed_worker(prefect_harness, tmp_path):
@@ -89,14 +93,7 @@ def test_dask_runner_loads_the_model_once_per_worker_and_survives_a_killed_worke
 
 def ray_shard_workers() -> list:
     """Ray worker processes running a shard right now: Ray titles them after the task (``ray::infer-shard``)."""
-    found = []
-    for p in psutil.Process().children(recursive=True):
-        try:
-            if " ".join(p.cmdline()).startswith("ray::infer-shard"):
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
+    return children_whose_command(lambda command: command.startswith("ray::infer-shard"), recursive=True)
 
 
 def test_ray_runner_completes_with_every_row_once_when_a_worker_is_killed(prefect_harness, tmp_path, mnist_ref):
